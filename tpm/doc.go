@@ -1,0 +1,41 @@
+// Package tpm is diskcryptd's TPM 2.0 protector: it opens a TPM (the kernel's resource
+// manager or a software TPM socket), creates the storage primary key exactly as
+// systemd-cryptenroll does, seals 32-byte secrets to PCR values (and optionally a PIN),
+// unseals them through salted, parameter-encrypted policy sessions, reads and extends
+// PCRs, and reads and writes the LUKS2 tokens of systemd ("systemd-tpm2") and clevis
+// ("clevis" with the "tpm2" pin).
+//
+// # Objects (TPM 2.0 Library, Part 1 and Part 3)
+//
+// The parent is a transient primary key under the owner hierarchy, created from
+// systemd's template: ECC NIST P-256 (RSA-2048 where ECC is missing), restricted
+// decryption key, AES-128-CFB symmetric, nameAlg SHA-256, empty unique and empty
+// auth (Part 3, 24.1 TPM2_CreatePrimary). Tokens written by newer systemd name a
+// persistent SRK at 0x81000001 ("tpm2_srk"); that key is used when a token names it.
+//
+// The sealed object is a keyed-hash object with attributes fixedTPM|fixedParent whose
+// authPolicy is TPM2_PolicyPCR over the chosen PCRs of one bank (Part 3, 23.7),
+// followed by TPM2_PolicyAuthValue (Part 3, 23.17) when a PIN is set. Its authValue is
+// derived from the PIN as systemd does: SHA-256 of the PIN text, or, for tokens with
+// "tpm2_salt", SHA-256 of the base64 text of PBKDF2-HMAC-SHA256(PIN, salt, 10000).
+//
+// # Sessions
+//
+// Every session is salted with the parent key, so its session key is unknown to a bus
+// observer. Create sends the secret encrypted (decrypt attribute, AES-128-CFB) and
+// Unseal returns it encrypted (encrypt attribute) through a separate salted HMAC
+// session, Part 1, 21 "Session-based encryption".
+//
+// # Errors
+//
+// A PCR policy that no longer matches is ErrPolicyMismatch; a wrong PIN is ErrBadPIN;
+// the dictionary-attack lockout is ErrLockout. Every operation takes a context, checked
+// before each TPM command.
+//
+// # Tokens
+//
+// systemd-tpm2 tokens are written as systemd 252 writes them and read with the fields
+// later versions add (tpm2_srk, tpm2_salt); signed PCR policies (tpm2_pubkey) are
+// recognised and refused with ErrSignedPolicyUnsupported. clevis tokens with the tpm2
+// pin are read only.
+package tpm

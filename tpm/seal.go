@@ -1,0 +1,316 @@
+package tpm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+	"golang.org/x/crypto/pbkdf2"
+)
+
+// SecretSize is the size of the secrets this package seals, as systemd seals them.
+const SecretSize = 32
+
+// saltedPINIterations is systemd's PBKDF2 iteration count for salted PINs.
+const saltedPINIterations = 10000
+
+// PINAuthValue derives a sealed object's authValue from a PIN as systemd does: the
+// SHA-256 of the PIN text; with a salt (token field "tpm2_salt", systemd ≥ 254) the
+// PIN is first replaced by the base64 text of PBKDF2-HMAC-SHA256(PIN, salt, 10000,
+// 32 bytes). The caller wipes the result.
+func PINAuthValue(pin, salt []byte) []byte {
+	if len(salt) > 0 {
+		dk := pbkdf2.Key(pin, salt, saltedPINIterations, sha256.Size, sha256.New)
+		b64 := make([]byte, base64.StdEncoding.EncodedLen(len(dk)))
+		base64.StdEncoding.Encode(b64, dk)
+		sum := sha256.Sum256(b64)
+		wipe(dk)
+		wipe(b64)
+		return sum[:]
+	}
+	sum := sha256.Sum256(pin)
+	return sum[:]
+}
+
+// Policy describes a sealed object's policy: PolicyPCR over PCRs of Bank, then
+// PolicyAuthValue if PIN.
+type Policy struct {
+	// PCRs are the PCR indexes the policy covers (may be empty).
+	PCRs []int
+	// Bank is the PCR bank (TPMAlgSHA256 if zero).
+	Bank tpm2.TPMIAlgHash
+	// PIN adds PolicyAuthValue: the object's authValue must be presented.
+	PIN bool
+}
+
+func (p Policy) bank() tpm2.TPMIAlgHash {
+	if p.Bank == 0 {
+		return tpm2.TPMAlgSHA256
+	}
+	return p.Bank
+}
+
+// run executes the policy commands in session h. auth is used only to decide between
+// PolicyAuthValue and PolicyPassword (same digest, Part 3, 23.18).
+func (p Policy) run(t transport.TPM, h tpm2.TPMHandle, password bool) error {
+	if len(p.PCRs) > 0 {
+		sel, err := pcrSelection(p.bank(), p.PCRs)
+		if err != nil {
+			return err
+		}
+		if _, err := (tpm2.PolicyPCR{PolicySession: h, Pcrs: sel}).Execute(t); err != nil {
+			return classify("policy pcr", err)
+		}
+	}
+	if p.PIN {
+		var err error
+		if password {
+			err = policyPassword(t, h)
+		} else {
+			_, err = (tpm2.PolicyAuthValue{PolicySession: h}).Execute(t)
+		}
+		if err != nil {
+			return classify("policy auth value", err)
+		}
+	}
+	return nil
+}
+
+// Digest computes the policy digest from the current PCR values with a trial session.
+func (p Policy) Digest(ctx context.Context, t transport.TPM) ([]byte, error) {
+	tc := withContext(ctx, t)
+	sess, closeSess, err := tpm2.PolicySession(tc, tpm2.TPMAlgSHA256, 16, tpm2.Trial())
+	if err != nil {
+		return nil, fmt.Errorf("tpm: start trial session: %w", err)
+	}
+	defer func() { _ = closeSess() }()
+	if err := p.run(tc, sess.Handle(), false); err != nil {
+		return nil, err
+	}
+	rsp, err := (tpm2.PolicyGetDigest{PolicySession: sess.Handle()}).Execute(tc)
+	if err != nil {
+		return nil, fmt.Errorf("tpm: policy digest: %w", err)
+	}
+	return rsp.PolicyDigest.Buffer, nil
+}
+
+// Sealed is a sealed object: its private and public areas as TPM2_Create returns
+// them, and the policy it was sealed with.
+type Sealed struct {
+	// Private is the TPM2B_PRIVATE contents (encrypted by the parent).
+	Private tpm2.TPM2BPrivate
+	// Public is the sealed object's public area.
+	Public tpm2.TPM2BPublic
+	// Policy is the policy the object is sealed to.
+	Policy Policy
+	// PolicyDigest is the object's authPolicy.
+	PolicyDigest []byte
+}
+
+// Blob returns TPM2B_PRIVATE || TPM2B_PUBLIC, as systemd stores them in "tpm2-blob".
+func (s *Sealed) Blob() []byte {
+	return append(tpm2.Marshal(s.Private), tpm2.Marshal(s.Public)...)
+}
+
+// ParseBlob splits a "tpm2-blob" (or clevis jwk_priv||jwk_pub) into its areas.
+func ParseBlob(b []byte) (tpm2.TPM2BPrivate, tpm2.TPM2BPublic, error) {
+	if len(b) < 2 {
+		return tpm2.TPM2BPrivate{}, tpm2.TPM2BPublic{}, errors.New("tpm: sealed blob is too short")
+	}
+	n := int(b[0])<<8 | int(b[1])
+	if len(b) < 2+n+2 {
+		return tpm2.TPM2BPrivate{}, tpm2.TPM2BPublic{}, errors.New("tpm: sealed blob is truncated")
+	}
+	priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](b[:2+n])
+	if err != nil {
+		return tpm2.TPM2BPrivate{}, tpm2.TPM2BPublic{}, fmt.Errorf("tpm: sealed blob private area: %w", err)
+	}
+	pub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](b[2+n:])
+	if err != nil {
+		return tpm2.TPM2BPrivate{}, tpm2.TPM2BPublic{}, fmt.Errorf("tpm: sealed blob public area: %w", err)
+	}
+	if _, err := pub.Contents(); err != nil {
+		return tpm2.TPM2BPrivate{}, tpm2.TPM2BPublic{}, fmt.Errorf("tpm: sealed blob public area: %w", err)
+	}
+	return *priv, *pub, nil
+}
+
+// Seal seals secret (at most 128 bytes) under parent as a keyed-hash object with
+// attributes fixedTPM|fixedParent and the given policy, computed from the current PCR
+// values. authValue (from PINAuthValue) is required iff policy.PIN. The secret and the
+// authValue travel encrypted in a session salted with parent.
+func Seal(ctx context.Context, t transport.TPM, parent *Key, secret []byte, policy Policy, authValue []byte) (*Sealed, error) {
+	if policy.PIN != (len(authValue) > 0) {
+		return nil, errors.New("tpm: seal: a PIN policy needs an authValue and only it")
+	}
+	digest, err := policy.Digest(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgKeyedHash,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:    true,
+			FixedParent: true,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: digest},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
+			Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: make([]byte, sha256.Size)}),
+	}
+	tc := withContext(ctx, t)
+	rsp, err := tpm2.Create{
+		ParentHandle: tpm2.AuthHandle{
+			Handle: parent.Handle,
+			Name:   parent.Name,
+			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16,
+				tpm2.Salted(parent.Handle, parent.Public),
+				tpm2.AESEncryption(128, tpm2.EncryptIn)),
+		},
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			UserAuth: tpm2.TPM2BAuth{Buffer: authValue},
+			Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
+		}},
+		InPublic: tpm2.New2B(tmpl),
+	}.Execute(tc)
+	if err != nil {
+		return nil, classify("create sealed object", err)
+	}
+	return &Sealed{Private: rsp.OutPrivate, Public: rsp.OutPublic, Policy: policy, PolicyDigest: digest}, nil
+}
+
+// Unseal loads s under parent, satisfies its policy in a session salted with parent
+// (presenting authValue if the policy has a PIN) and returns the secret, which comes
+// back encrypted by a second salted session. A policy that the current PCRs do not
+// satisfy is reported as ErrPolicyMismatch before the object is used, so it does not
+// count towards dictionary-attack lockout. The caller wipes the result.
+func Unseal(ctx context.Context, t transport.TPM, parent *Key, s *Sealed, authValue []byte) ([]byte, error) {
+	tc := withContext(ctx, t)
+	if s.Policy.PIN && len(authValue) == 0 {
+		return nil, ErrPINRequired
+	}
+	pub, err := s.Public.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("tpm: sealed object public area: %w", err)
+	}
+	if pub.Type != tpm2.TPMAlgKeyedHash {
+		return nil, fmt.Errorf("tpm: sealed object has type 0x%x, not keyedhash", uint16(pub.Type))
+	}
+	load, err := tpm2.Load{
+		ParentHandle: tpm2.AuthHandle{Handle: parent.Handle, Name: parent.Name, Auth: tpm2.PasswordAuth(nil)},
+		InPrivate:    s.Private,
+		InPublic:     s.Public,
+	}.Execute(tc)
+	if err != nil {
+		return nil, classify("load", err)
+	}
+	defer func() { _, _ = (tpm2.FlushContext{FlushHandle: load.ObjectHandle}).Execute(t) }()
+
+	if len(pub.AuthPolicy.Buffer) == 0 {
+		if !pub.ObjectAttributes.UserWithAuth {
+			return nil, errors.New("tpm: sealed object has neither a policy nor userWithAuth")
+		}
+		return unsealWithAuth(tc, parent, load, authValue)
+	}
+
+	// The TPM stores authValue without trailing zeros (Part 1, 19.6.5). go-tpm v0.9.8
+	// truncates an HMAC key at its first zero byte, so an authValue with an inner
+	// zero byte is presented as a password instead (PolicyPassword has the same
+	// digest as PolicyAuthValue); the secret is still encrypted on the bus.
+	auth := bytes.TrimRight(authValue, "\x00")
+	password := bytes.IndexByte(auth, 0) >= 0
+	opts := []tpm2.AuthOption{tpm2.Salted(parent.Handle, parent.Public)}
+	if s.Policy.PIN {
+		if password {
+			opts = append(opts, tpm2.Password(auth))
+		} else {
+			opts = append(opts, tpm2.Auth(auth))
+		}
+	}
+	sess, closeSess, err := tpm2.PolicySession(tc, tpm2.TPMAlgSHA256, 16, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("tpm: start policy session: %w", err)
+	}
+	defer func() { _ = closeSess() }()
+	if err := s.Policy.run(tc, sess.Handle(), password); err != nil {
+		return nil, err
+	}
+	got, err := (tpm2.PolicyGetDigest{PolicySession: sess.Handle()}).Execute(tc)
+	if err != nil {
+		return nil, fmt.Errorf("tpm: policy digest: %w", err)
+	}
+	if !bytes.Equal(got.PolicyDigest.Buffer, pub.AuthPolicy.Buffer) {
+		return nil, fmt.Errorf("tpm: unseal (PCRs %v, bank %s): %w", s.Policy.PCRs, BankName(s.Policy.bank()), ErrPolicyMismatch)
+	}
+	enc, closeEnc, err := tpm2.HMACSession(tc, tpm2.TPMAlgSHA256, 16,
+		tpm2.Salted(parent.Handle, parent.Public), tpm2.AESEncryption(128, tpm2.EncryptOut))
+	if err != nil {
+		return nil, fmt.Errorf("tpm: start encryption session: %w", err)
+	}
+	defer func() { _ = closeEnc() }()
+	rsp, err := tpm2.Unseal{
+		ItemHandle: tpm2.AuthHandle{Handle: load.ObjectHandle, Name: load.Name, Auth: sess},
+	}.Execute(tc, enc)
+	if err != nil {
+		return nil, classify("unseal", err)
+	}
+	return rsp.OutData.Buffer, nil
+}
+
+// NewSecret returns SecretSize random bytes.
+func NewSecret() ([]byte, error) {
+	b := make([]byte, SecretSize)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("tpm: random secret: %w", err)
+	}
+	return b, nil
+}
+
+// wipe zeroes b.
+func wipe(b []byte) {
+	clear(b)
+}
+
+// policyPassword runs TPM2_PolicyPassword (Part 3, 23.18), which go-tpm v0.9.8 lacks:
+// a command with one handle, no sessions and no parameters.
+func policyPassword(t transport.TPM, h tpm2.TPMHandle) error {
+	cmd := make([]byte, 14)
+	binary.BigEndian.PutUint16(cmd[0:], uint16(tpm2.TPMSTNoSessions))
+	binary.BigEndian.PutUint32(cmd[2:], 14)
+	binary.BigEndian.PutUint32(cmd[6:], 0x0000016C)
+	binary.BigEndian.PutUint32(cmd[10:], uint32(h))
+	rsp, err := t.Send(cmd)
+	if err != nil {
+		return err
+	}
+	if len(rsp) < 10 {
+		return errors.New("tpm: short response to PolicyPassword")
+	}
+	if rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:])); rc != tpm2.TPMRCSuccess {
+		return rc
+	}
+	return nil
+}
+
+// unsealWithAuth unseals an object without a policy (clevis without pcr_ids) through a
+// salted HMAC session that also encrypts the response.
+func unsealWithAuth(tc transport.TPM, parent *Key, load *tpm2.LoadResponse, authValue []byte) ([]byte, error) {
+	rsp, err := tpm2.Unseal{
+		ItemHandle: tpm2.AuthHandle{Handle: load.ObjectHandle, Name: load.Name,
+			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(authValue),
+				tpm2.Salted(parent.Handle, parent.Public), tpm2.AESEncryption(128, tpm2.EncryptOut))},
+	}.Execute(tc)
+	if err != nil {
+		return nil, classify("unseal", err)
+	}
+	return rsp.OutData.Buffer, nil
+}
