@@ -36,3 +36,14 @@ func clevisTangToken(t *testing.T) []byte {
 		"jwe": map[string]string{"protected": hdr, "iv": "AAAAAAAAAAAAAAAA", "ciphertext": "", "tag": "AAAAAAAAAAAAAAAAAAAAAA", "encrypted_key": ""}})
 	return b
 }
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

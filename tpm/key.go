@@ -38,7 +38,7 @@ type Key struct {
 	// Public is the key's public area, used to salt sessions.
 	Public tpm2.TPMTPublic
 	// Alg is the key's algorithm.
-	Alg PrimaryAlg
+	Alg       PrimaryAlg
 	transient bool
 }
 

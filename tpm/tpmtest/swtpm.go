@@ -38,7 +38,7 @@ func StartSwtpm(t testing.TB) string {
 	sock := filepath.Join(dir, "sock")
 	cmd := exec.Command("swtpm", "socket", "--tpm2",
 		"--tpmstate", "dir="+dir,
-		"--ctrl", "type=unixio,path="+filepath.Join(dir, "ctrl"),
+		"--ctrl", "type=unixio,path="+sock+".ctrl", // tpm2-tss's swtpm TCTI expects SOCK.ctrl
 		"--server", "type=unixio,path="+sock,
 		"--flags", "startup-clear")
 	if err := cmd.Start(); err != nil {

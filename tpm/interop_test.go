@@ -1,0 +1,173 @@
+package tpm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
+	"github.com/diskcryptd/diskcryptd/unlock"
+)
+
+// image makes a small LUKS2 image with keyslot 0 opened by the returned key file.
+func image(t *testing.T) (img, keyFile string) {
+	t.Helper()
+	tpmtest.RequirePeer(t, "cryptsetup")
+	dir := t.TempDir()
+	img = filepath.Join(dir, "img")
+	keyFile = filepath.Join(dir, "key")
+	if err := os.WriteFile(keyFile, []byte("initial key file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, make([]byte, 20<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, nil, nil, "cryptsetup", "luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2",
+		"--pbkdf-force-iterations", "1000", "--batch-mode", "--key-file", keyFile, img)
+	return img, keyFile
+}
+
+func run(t *testing.T, env []string, stdin []byte, name string, args ...string) string {
+	t.Helper()
+	out, err := runErr(env, stdin, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func runErr(env []string, stdin []byte, name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// exportToken returns token id's JSON and its keyslot.
+func exportToken(t *testing.T, img string, id int) ([]byte, int) {
+	t.Helper()
+	out := run(t, nil, nil, "cryptsetup", "token", "export", "--token-id", itoa(id), img)
+	var tok struct {
+		Keyslots []string `json:"keyslots"`
+	}
+	if err := json.Unmarshal([]byte(out), &tok); err != nil || len(tok.Keyslots) != 1 {
+		t.Fatalf("token %d: %v %s", id, err, out)
+	}
+	return []byte(out), atoi(t, tok.Keyslots[0])
+}
+
+func testPassphrase(t *testing.T, img string, slot int, pass []byte) {
+	t.Helper()
+	run(t, nil, pass, "cryptsetup", "open", "--test-passphrase", "--key-slot", itoa(slot), "--key-file", "-", img)
+}
+
+func TestInteropSystemdEnrollsWeUnseal(t *testing.T) {
+	tpmtest.RequirePeer(t, "systemd-cryptenroll")
+	for _, tc := range []struct {
+		name string
+		pin  string
+	}{{"no pin", ""}, {"pin", "1234"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tpmtest.StartSwtpm(t)
+			img, key := image(t)
+			args := []string{"--unlock-key-file=" + key, "--tpm2-device=" + spec, "--tpm2-pcrs=7", img}
+			var env []string
+			if tc.pin != "" {
+				args = append([]string{"--tpm2-with-pin=yes"}, args...)
+				env = []string{"NEWPIN=" + tc.pin}
+			}
+			run(t, env, nil, "systemd-cryptenroll", args...)
+			tokJSON, slot := exportToken(t, img, 0)
+			p, err := NewProtector(Config{Device: spec,
+				PIN: func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pass, err := p.Unseal(testCtx(t), unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{slot}, JSON: tokJSON})
+			if err != nil {
+				t.Fatalf("unseal systemd token %s: %v", tokJSON, err)
+			}
+			testPassphrase(t, img, slot, pass)
+		})
+	}
+}
+
+func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
+	tpmtest.RequirePeer(t, "systemd-cryptenroll")
+	sdc := "/lib/systemd/systemd-cryptsetup"
+	if _, err := os.Stat(sdc); err != nil {
+		tpmtest.RequirePeer(t, "systemd-cryptsetup")
+		sdc = "systemd-cryptsetup"
+	}
+	for _, tc := range []struct {
+		name string
+		pin  string
+	}{{"no pin", ""}, {"pin", "4321"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tpmtest.StartSwtpm(t)
+			img, key := image(t)
+			p, err := NewProtector(Config{Device: spec, PCRs: []int{7}, EnrollWithPIN: tc.pin != "",
+				PIN: func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := p.Enroll(testCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			newKey := filepath.Join(dir, "new")
+			if err := os.WriteFile(newKey, e.Passphrase, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			run(t, nil, nil, "cryptsetup", "luksAddKey", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+				"--key-file", key, "--new-key-slot", "1", img, newKey)
+			tokFile := filepath.Join(dir, "token.json")
+			if err := os.WriteFile(tokFile, marshalToken(t, e.Token, 1), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			run(t, nil, nil, "cryptsetup", "token", "import", "--json-file", tokFile, "--token-id", "0", "--key-slot", "1", img)
+			var env []string
+			if tc.pin != "" {
+				env = []string{"PIN=" + tc.pin}
+			}
+			out, _ := runErr(env, nil, sdc, "attach", "diskcryptd-interop", img, "-", "tpm2-device="+spec+",headless=true")
+			t.Logf("systemd-cryptsetup said:\n%s", out)
+			// On a host without device-mapper, systemd 252 prints "Failed to activate
+			// with TPM2 acquired key: Operation not supported" once it has unsealed our
+			// token and the keyslot accepted the key (a wrong key is EPERM, a TPM failure
+			// "TPM2 operation failed, falling back to traditional unlocking").
+			if strings.Contains(out, "TPM2 operation failed") || strings.Contains(out, "Failed to unseal") {
+				t.Fatalf("systemd-cryptsetup could not unseal our token:\n%s", out)
+			}
+			if !strings.Contains(out, "Failed to activate with TPM2 acquired key: Operation not supported") {
+				t.Fatalf("systemd-cryptsetup did not get past the TPM2 unlock:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestInteropClevis(t *testing.T) {
+	tpmtest.RequirePeer(t, "clevis", "tpm2_createprimary")
+	spec := tpmtest.StartSwtpm(t)
+	img, key := image(t)
+	run(t, []string{"TPM2TOOLS_TCTI=" + spec}, nil, "clevis", "luks", "bind", "-y", "-k", key, "-d", img, "tpm2", `{"pcr_ids":"7"}`)
+	tokJSON, slot := exportToken(t, img, 0)
+	p, err := NewProtector(Config{Device: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, err := p.Unseal(testCtx(t), unlock.Token{ID: 0, Type: TypeClevis, Keyslots: []int{slot}, JSON: tokJSON})
+	if err != nil {
+		t.Fatalf("unseal clevis token %s: %v", tokJSON, err)
+	}
+	testPassphrase(t, img, slot, pass)
+}
