@@ -84,8 +84,9 @@ func buildEnv() (*Env, string, error) {
 		return nil, "", err
 	}
 	e := &Env{Kernel: k, Modules: mods, Binaries: map[string]string{}, Accel: "tcg"}
-	if a := os.Getenv("VMTEST_ACCEL"); a != "" {
-		e.Accel = a
+	accel := os.Getenv("VMTEST_ACCEL")
+	if accel != "" && accel != "auto" {
+		e.Accel = accel
 	}
 	bin := func(name string) string { return filepath.Join(cache, "bin", name) }
 	if err := GoBuild(ctx, moduleRoot, "./vmtests/guest/pcrextend", bin("pcrextend")); err != nil {
@@ -120,6 +121,9 @@ func buildEnv() (*Env, string, error) {
 	if err := e.BuildInitramfs(busybox); err != nil {
 		return nil, "", err
 	}
+	if accel == "auto" {
+		e.Accel = probeAccel(ctx, e)
+	}
 	names := make([]string, len(mods))
 	for i, m := range mods {
 		names[i] = m.Name
@@ -134,7 +138,12 @@ func buildEnv() (*Env, string, error) {
 func need(t *testing.T, e *Env, binary string) {
 	t.Helper()
 	if err := broken[binary]; err != nil {
-		t.Fatalf("build %s: %v", binary, err)
+		// In a shared work tree a package may be mid-edit; a clean checkout (CI)
+		// must build.
+		if inCI() {
+			t.Fatalf("build %s: %v", binary, err)
+		}
+		t.Skipf("needs %s, which does not build yet: %v", binary, err)
 	}
 	if _, ok := e.Binaries["/bin/"+binary]; !ok {
 		t.Skipf("needs %s: %s", binary, missing[binary])
@@ -257,4 +266,30 @@ func TestSmoke(t *testing.T) {
 	if r := ok(t, b, "pcrextend"); string(r.Stdout) != "changed\n" {
 		t.Errorf("pcrextend: %s", r)
 	}
+}
+
+// probeAccel returns "kvm" when /dev/kvm exists and a guest actually boots with it
+// (nested KVM often aborts or hangs), else "tcg".
+func probeAccel(ctx context.Context, e *Env) string {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		return "tcg"
+	}
+	dir, err := os.MkdirTemp("", "vmt-probe-")
+	if err != nil {
+		return "tcg"
+	}
+	defer os.RemoveAll(dir)
+	probe := *e
+	probe.Accel = "kvm"
+	m, err := probe.NewMachine(dir)
+	if err != nil {
+		return "tcg"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if _, err := m.Boot(ctx, []Step{{Name: "probe", Script: "true"}}, nil); err != nil {
+		fmt.Fprintf(os.Stderr, "vmtests: KVM guest did not boot (%v); using TCG\n", err)
+		return "tcg"
+	}
+	return "kvm"
 }
