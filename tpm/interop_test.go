@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,6 +97,19 @@ func TestInteropSystemdEnrollsWeUnseal(t *testing.T) {
 				t.Fatalf("unseal systemd token %s: %v", tokJSON, err)
 			}
 			testPassphrase(t, img, slot, pass)
+			// Changing PCR 7 breaks systemd's policy, and we say so.
+			tp, err := Open(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = Extend(testCtx(t), tp, 7, nil, []byte("other secure boot db"))
+			tp.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Unseal(testCtx(t), unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{slot}, JSON: tokJSON}); !errors.Is(err, ErrPolicyMismatch) {
+				t.Fatalf("after extending PCR 7: got %v, want ErrPolicyMismatch", err)
+			}
 		})
 	}
 }
