@@ -1,0 +1,195 @@
+package luks2
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+)
+
+// areasSize is the size of the metadata: two header copies and the keyslots area.
+func (v *Volume) areasSize() int64 {
+	return 2*v.bin.hdrSize + int64(v.meta.config.KeyslotsSize)
+}
+
+// Backup writes a header backup to w: everything from offset 0 to the end of the
+// keyslots area (the data offset on volumes we and cryptsetup format), like `cryptsetup
+// luksHeaderBackup`. Both header copies in the backup are the current valid state,
+// even if one copy on the device is damaged. The backup contains the keyslots: treat
+// it like the device.
+func (v *Volume) Backup(w io.Writer) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	js := v.meta.encode()
+	p, s := v.bin, v.bin
+	p.secondary, p.hdrOffset, p.salt = false, 0, v.saltP
+	s.secondary, s.hdrOffset, s.salt = true, v.bin.hdrSize, v.saltS
+	pb, err := encodeCopy(&p, js)
+	if err != nil {
+		return err
+	}
+	sb, err := encodeCopy(&s, js)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(pb); err != nil {
+		return fmt.Errorf("luks2: writing backup: %w", err)
+	}
+	if _, err := w.Write(sb); err != nil {
+		return fmt.Errorf("luks2: writing backup: %w", err)
+	}
+	buf := make([]byte, 1<<20)
+	off, end := 2*v.bin.hdrSize, v.areasSize()
+	for off < end {
+		n := min(int64(len(buf)), end-off)
+		if err := readFull(v.dev, buf[:n], off); err != nil {
+			return fmt.Errorf("luks2: reading keyslots area: %w", err)
+		}
+		if _, err := w.Write(buf[:n]); err != nil {
+			return fmt.Errorf("luks2: writing backup: %w", err)
+		}
+		off += n
+	}
+	return nil
+}
+
+// BackupFile writes a header backup to a new file at path (mode 0600); it refuses to
+// overwrite an existing file.
+func (v *Volume) BackupFile(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("luks2: %w", err)
+	}
+	if err := v.Backup(f); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("luks2: %w", err)
+	}
+	return f.Close()
+}
+
+// RestoreHeader writes the header backup in backup (backupSize bytes, as written by
+// Backup or `cryptsetup luksHeaderBackup`) onto dev (size bytes): keyslots area
+// first, then both header copies, syncing in between. The backup is validated first;
+// its data segment must start within the device. Whatever metadata dev had is lost.
+func RestoreHeader(dev Device, size int64, backup io.ReaderAt, backupSize int64) error {
+	bv, err := OpenDevice(readOnlyAt{backup}, backupSize, ReadOnly)
+	if err != nil {
+		return fmt.Errorf("luks2: header backup: %w", err)
+	}
+	areas := bv.areasSize()
+	if backupSize < areas {
+		return fmt.Errorf("%w: header backup is %d bytes, metadata needs %d", ErrInvalidMetadata, backupSize, areas)
+	}
+	if _, s := bv.meta.dataSegment(); s != nil && int64(s.sg.Offset) >= size {
+		return fmt.Errorf("%w: backup's data offset %d is beyond the device size %d", ErrDeviceTooSmall, s.sg.Offset, size)
+	}
+	buf := make([]byte, 1<<20)
+	for off := 2 * bv.bin.hdrSize; off < areas; {
+		n := min(int64(len(buf)), areas-off)
+		if err := readFull(backup, buf[:n], off); err != nil {
+			return fmt.Errorf("luks2: reading header backup: %w", err)
+		}
+		if err := writeFull(dev, buf[:n], off); err != nil {
+			return fmt.Errorf("luks2: writing keyslots area: %w", err)
+		}
+		off += n
+	}
+	if err := dev.Sync(); err != nil {
+		return fmt.Errorf("luks2: sync: %w", err)
+	}
+	js := bv.meta.encode()
+	for _, secondary := range []bool{true, false} {
+		h := bv.bin
+		h.secondary = secondary
+		h.hdrOffset = 0
+		h.salt = bv.saltP
+		if secondary {
+			h.hdrOffset, h.salt = h.hdrSize, bv.saltS
+		}
+		b, err := encodeCopy(&h, js)
+		if err != nil {
+			return err
+		}
+		if err := writeFull(dev, b, h.hdrOffset); err != nil {
+			return fmt.Errorf("luks2: writing header: %w", err)
+		}
+		if err := dev.Sync(); err != nil {
+			return fmt.Errorf("luks2: sync: %w", err)
+		}
+	}
+	return nil
+}
+
+// RestoreHeaderFile restores the backup file at backupPath onto the device or image
+// at devicePath (see RestoreHeader).
+func RestoreHeaderFile(devicePath, backupPath string) error {
+	bf, err := os.Open(backupPath)
+	if err != nil {
+		return fmt.Errorf("luks2: %w", err)
+	}
+	defer bf.Close()
+	bsize, err := bf.Seek(0, io.SeekEnd)
+	if err != nil {
+		return fmt.Errorf("luks2: %w", err)
+	}
+	f, dev, size, err := openPath(devicePath, ReadWrite)
+	if err != nil {
+		return err
+	}
+	if err := RestoreHeader(dev, size, bf, bsize); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+type readOnlyAt struct{ io.ReaderAt }
+
+func (readOnlyAt) WriteAt([]byte, int64) (int, error) { return 0, ErrReadOnly }
+func (readOnlyAt) Sync() error                        { return nil }
+
+// Repair rewrites a damaged or stale header copy from the valid copy with the highest
+// seqid (both copies are written at the next seqid, the damaged one first). It does
+// nothing when both copies are valid and current.
+func (v *Volume) Repair() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.mode != ReadWrite {
+		return ErrReadOnly
+	}
+	p, s := v.st.primary, v.st.secondary
+	if p != nil && s != nil && p.bin.seqid == s.bin.seqid && string(p.json) == string(s.json) {
+		return nil
+	}
+	return v.commit(v.meta.clone(), v.bin.label, v.bin.subsystem)
+}
+
+// Erase destroys every keyslot: the whole keyslots area is overwritten with random
+// data and synced, then the keyslots are dropped from the metadata (tokens stay,
+// bound to no keyslot). Afterwards no passphrase or token can recover the volume key
+// and the data is unreadable.
+func (v *Volume) Erase(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.writable(); err != nil {
+		return err
+	}
+	area := &keyslotEntry{ks: jsonKeyslot{Area: &jsonArea{Offset: u64(2 * v.bin.hdrSize), Size: v.meta.config.KeyslotsSize}}}
+	if err := v.wipeArea(ctx, area); err != nil {
+		return err
+	}
+	drop := map[int]bool{}
+	for id := range v.meta.keyslots {
+		drop[id] = true
+	}
+	n, err := v.meta.withoutKeyslots(drop)
+	if err != nil {
+		return err
+	}
+	return v.commit(n, v.bin.label, v.bin.subsystem)
+}

@@ -1,0 +1,77 @@
+// Package luks2 reads and writes LUKS2 volumes: the two binary headers, the JSON
+// metadata, keyslots (AF splitter, keyslot area encryption, PBKDF2 and Argon2 KDFs),
+// digests and tokens. It does not map volumes; it recovers the volume key and describes
+// the dm-crypt target (see Volume.CryptTarget) so that package blockdev can.
+//
+// Everything here follows the "LUKS2 On-Disk Format Specification" (version 1.1.x,
+// cryptsetup project); section numbers below refer to that document.
+//
+// # What we read
+//
+// Both binary headers (§2, §3.1): magic "LUKS\xba\xbe" (primary) or "SKUL\xba\xbe"
+// (secondary), version 2, a header size from the list of §2 (16 KiB to 4 MiB), and a
+// checksum over the binary header and the JSON area with the checksum field zeroed
+// (§3.1, sha256 when we write; sha1, sha256 and sha512 are read). The valid copy with
+// the highest sequence id wins (§3.2). When the primary copy is damaged, the secondary
+// is searched at every offset §3 lists (16 KiB … 4 MiB).
+//
+// The JSON metadata (§3.3–§3.10: config, keyslots, digests, segments, tokens) is
+// validated strictly before anything uses it: bounded sizes and counts, object ids
+// 0–31, decimal-string offsets, keyslot areas inside the keyslots area and
+// overlapping neither each other nor the data segment, digests and tokens that
+// reference existing keyslots and segments, KDF costs within cryptsetup's limits.
+// The parser never panics and never allocates more than a small multiple of the
+// header size, whatever the input.
+//
+// LUKS1 volumes are refused with ErrLUKS1 (convert them with `cryptsetup convert
+// --type luks2`). A volume whose config.requirements.mandatory (§3.10) names a
+// requirement this package does not implement is opened read-only: every write and
+// Volume.CryptTarget fail with ErrUnsupportedRequirement, while reading the metadata
+// and recovering the volume key still work.
+//
+// # What we write
+//
+// Format writes what `cryptsetup luksFormat --type luks2` writes: aes-xts-plain64 with
+// a 512-bit (default) or 256-bit key, a 16 KiB header (12 KiB of JSON), the keyslots
+// area up to a 16 MiB data offset, one crypt segment with sector size 512 or 4096
+// (4096 by default when the data area is a whole number of 4096-byte sectors), one
+// pbkdf2 digest (§3.8) and keyslot 0 of type luks2 (§3.5) with an AF splitter of 4000
+// stripes over sha256 (§4). Keyslot areas are encrypted with aes-xts-plain64 in
+// 512-byte sectors numbered from 0 at the start of each area.
+//
+// KDFs (§3.6) are argon2id, argon2i and pbkdf2 (sha1, sha256, sha512), with explicit
+// costs or a time target benchmarked on this machine. Without options the defaults are
+// cryptsetup's: argon2id, 2 s, memory up to 1 GiB but at most half of the RAM,
+// min(4, CPUs) lanes. MinimumCostKDF is the cost systemd-cryptenroll uses for random
+// 256-bit secrets (pbkdf2-sha512, 1000 iterations).
+//
+// Tokens (§3.7) are kept as the JSON they were written with: unknown token types and
+// unknown fields round-trip unchanged, only the "keyslots" member is rewritten when a
+// keyslot they reference is removed.
+//
+// # Crash safety
+//
+// Every metadata change bumps the sequence id and writes the two header copies one
+// after the other, with an fsync after each. The copy written first is the one that is
+// not the only valid copy on disk (normally the primary, the secondary if only the
+// primary is valid), so at every instant at least one valid copy holds either the old
+// or the new state, and readers take the valid copy with the highest sequence id.
+// Keyslot material is written and synced before the metadata that references it;
+// removing a keyslot drops it from the metadata first and wipes its area afterwards.
+// Tests cut the writes after every write and at many byte offsets and reopen the
+// result with the old and the new secret.
+//
+// # Secrets
+//
+// Volume keys live in *VolumeKey, which redacts String and GoString, refuses to
+// marshal to JSON or text and can be wiped. Temporary buffers holding derived keys or
+// split key material are zeroed before they are released. Error messages never
+// contain secrets.
+//
+// # Compatibility
+//
+// cryptsetup 2.6 and github.com/anatol/luks.go open what we write; we open what
+// cryptsetup writes. Header backups are byte images of everything before the data
+// offset, as `cryptsetup luksHeaderBackup` writes them, and each tool restores the
+// other's.
+package luks2

@@ -1,0 +1,322 @@
+package luks2
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"encoding/binary"
+	"fmt"
+	"hash"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/argon2"
+)
+
+// KDF type names as they appear in keyslot objects (§3.5.2).
+const (
+	KDFArgon2id = "argon2id"
+	KDFArgon2i  = "argon2i"
+	KDFPBKDF2   = "pbkdf2"
+)
+
+// Defaults, as cryptsetup 2.6 chooses them.
+const (
+	// DefaultIterTime is the KDF time target when none is given.
+	DefaultIterTime = 2 * time.Second
+	// DefaultArgon2MaxMemoryKiB is the Argon2 memory ceiling (1 GiB), further capped
+	// at half of the RAM.
+	DefaultArgon2MaxMemoryKiB = 1 << 20
+	minArgon2Time             = 4
+	minArgon2MemoryKiB        = 32 << 10
+	// MinPBKDF2Iterations is the lowest PBKDF2 iteration count written (keyslots and
+	// digests).
+	MinPBKDF2Iterations = 1000
+	digestIterTime      = 125 * time.Millisecond
+)
+
+// KDFOptions choose a keyslot's key derivation. The zero value means cryptsetup's
+// defaults: argon2id benchmarked to DefaultIterTime with up to 1 GiB (at most half of
+// the RAM) and min(4, CPUs) lanes.
+type KDFOptions struct {
+	// Type is KDFArgon2id (default), KDFArgon2i or KDFPBKDF2.
+	Type string
+	// Hash is the PBKDF2 hash: "sha256" (default), "sha512" or "sha1".
+	Hash string
+	// Iterations, when > 0, fixes the PBKDF2 iteration count or the Argon2 time
+	// cost and skips the benchmark (cryptsetup's --pbkdf-force-iterations).
+	Iterations int
+	// MemoryKiB is the Argon2 memory cost in KiB: exact when Iterations is set,
+	// otherwise the benchmark's ceiling. 0 means the default ceiling.
+	MemoryKiB int
+	// Parallel is the number of Argon2 lanes; 0 means min(4, CPUs).
+	Parallel int
+	// IterTime is the benchmark's time target; 0 means DefaultIterTime.
+	IterTime time.Duration
+}
+
+// MinimumCostKDF returns the KDF for keyslots whose passphrase is a random secret of
+// at least 256 bits (TPM, KMS, Tang protectors), as systemd-cryptenroll writes them:
+// PBKDF2-SHA512 with 1000 iterations. Never use it for human passphrases.
+func MinimumCostKDF() KDFOptions {
+	return KDFOptions{Type: KDFPBKDF2, Hash: "sha512", Iterations: MinPBKDF2Iterations}
+}
+
+// KDFParams are the resolved parameters of one keyslot's KDF.
+type KDFParams struct {
+	// Type is KDFArgon2id, KDFArgon2i or KDFPBKDF2.
+	Type string `json:"type"`
+	// Hash is the PBKDF2 hash (empty for Argon2).
+	Hash string `json:"hash,omitempty"`
+	// Iterations is the PBKDF2 iteration count (0 for Argon2).
+	Iterations int `json:"iterations,omitempty"`
+	// Time is the Argon2 time cost (0 for PBKDF2).
+	Time int `json:"time,omitempty"`
+	// MemoryKiB is the Argon2 memory cost in KiB (0 for PBKDF2).
+	MemoryKiB int `json:"memory_kib,omitempty"`
+	// Parallel is the number of Argon2 lanes (0 for PBKDF2).
+	Parallel int `json:"parallel,omitempty"`
+}
+
+// pbkdf2Key is PBKDF2 (RFC 8018 §5.2) with HMAC over h. Unlike crypto/pbkdf2 it takes
+// the password as bytes, so that callers can wipe it.
+func pbkdf2Key(h func() hash.Hash, password, salt []byte, iter, keyLen int) []byte {
+	prf := hmac.New(h, password)
+	hLen := prf.Size()
+	n := (keyLen + hLen - 1) / hLen
+	out := make([]byte, 0, n*hLen)
+	var ctr [4]byte
+	u := make([]byte, hLen)
+	t := make([]byte, hLen)
+	for block := 1; block <= n; block++ {
+		prf.Reset()
+		prf.Write(salt)
+		binary.BigEndian.PutUint32(ctr[:], uint32(block))
+		prf.Write(ctr[:])
+		u = prf.Sum(u[:0])
+		copy(t, u)
+		for i := 1; i < iter; i++ {
+			prf.Reset()
+			prf.Write(u)
+			u = prf.Sum(u[:0])
+			for j := range t {
+				t[j] ^= u[j]
+			}
+		}
+		out = append(out, t...)
+	}
+	wipe(u)
+	wipe(t)
+	wipe(out[keyLen:cap(out)])
+	return out[:keyLen]
+}
+
+// deriveKey runs the KDF of p over passphrase and salt.
+func deriveKey(p KDFParams, passphrase, salt []byte, keyLen int) ([]byte, error) {
+	switch p.Type {
+	case KDFPBKDF2:
+		nh, err := hashFunc(p.Hash)
+		if err != nil {
+			return nil, err
+		}
+		if p.Iterations < 1 {
+			return nil, fmt.Errorf("%w: pbkdf2 iterations %d", ErrUnsupported, p.Iterations)
+		}
+		return pbkdf2Key(nh, passphrase, salt, p.Iterations, keyLen), nil
+	case KDFArgon2i, KDFArgon2id:
+		if p.Time < 1 || p.MemoryKiB < 8 || p.MemoryKiB > maxArgonMem || p.Parallel < 1 || p.Parallel > maxArgonLanes {
+			return nil, fmt.Errorf("%w: argon2 parameters", ErrUnsupported)
+		}
+		if p.Type == KDFArgon2i {
+			return argon2.Key(passphrase, salt, uint32(p.Time), uint32(p.MemoryKiB), uint8(p.Parallel), uint32(keyLen)), nil
+		}
+		return argon2.IDKey(passphrase, salt, uint32(p.Time), uint32(p.MemoryKiB), uint8(p.Parallel), uint32(keyLen)), nil
+	}
+	return nil, fmt.Errorf("%w: kdf %q", ErrUnsupported, p.Type)
+}
+
+// deriveKeyCtx runs deriveKey and returns early with ctx.Err() when ctx ends; the
+// abandoned computation's result is wiped when it finishes.
+func deriveKeyCtx(ctx context.Context, p KDFParams, passphrase, salt []byte, keyLen int) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if ctx.Done() == nil {
+		return deriveKey(p, passphrase, salt, keyLen)
+	}
+	type res struct {
+		k   []byte
+		err error
+	}
+	pw := append([]byte(nil), passphrase...)
+	ch := make(chan res, 1)
+	go func() {
+		k, err := deriveKey(p, pw, salt, keyLen)
+		wipe(pw)
+		ch <- res{k, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.k, r.err
+	case <-ctx.Done():
+		go func() { r := <-ch; wipe(r.k) }()
+		return nil, ctx.Err()
+	}
+}
+
+// totalRAMKiB reads MemTotal from /proc/meminfo; 0 if unknown.
+func totalRAMKiB() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fs := strings.Fields(s.Text())
+		if len(fs) >= 2 && fs[0] == "MemTotal:" {
+			v, _ := strconv.ParseInt(fs[1], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func defaultArgonMemory() int {
+	m := int64(DefaultArgon2MaxMemoryKiB)
+	if ram := totalRAMKiB(); ram > 0 && ram/2 < m {
+		m = ram / 2
+	}
+	if m < minArgon2MemoryKiB {
+		m = minArgon2MemoryKiB
+	}
+	return int(m)
+}
+
+// ResolveKDF turns options into concrete parameters, benchmarking this machine when
+// no explicit cost is given (as cryptsetup does). It can take a few seconds.
+func ResolveKDF(ctx context.Context, o KDFOptions) (KDFParams, error) {
+	typ := o.Type
+	if typ == "" {
+		typ = KDFArgon2id
+	}
+	target := o.IterTime
+	if target <= 0 {
+		target = DefaultIterTime
+	}
+	switch typ {
+	case KDFPBKDF2:
+		h := o.Hash
+		if h == "" {
+			h = "sha256"
+		}
+		nh, err := hashFunc(h)
+		if err != nil {
+			return KDFParams{}, err
+		}
+		p := KDFParams{Type: KDFPBKDF2, Hash: h, Iterations: o.Iterations}
+		if p.Iterations <= 0 {
+			it, err := benchPBKDF2(ctx, nh, target)
+			if err != nil {
+				return KDFParams{}, err
+			}
+			p.Iterations = it
+		}
+		if p.Iterations > maxIterations {
+			return KDFParams{}, fmt.Errorf("%w: pbkdf2 iterations %d", ErrUnsupported, p.Iterations)
+		}
+		return p, nil
+	case KDFArgon2i, KDFArgon2id:
+		// cryptsetup ignores --hash for Argon2 keyslots; so do we.
+		par := o.Parallel
+		if par <= 0 {
+			par = min(4, runtime.NumCPU())
+		}
+		if par > maxArgonLanes {
+			return KDFParams{}, fmt.Errorf("%w: argon2 parallel %d (max %d)", ErrUnsupported, par, maxArgonLanes)
+		}
+		mem := o.MemoryKiB
+		if mem <= 0 {
+			mem = defaultArgonMemory()
+		}
+		if mem < 8*par || mem > maxArgonMem {
+			return KDFParams{}, fmt.Errorf("%w: argon2 memory %d KiB", ErrUnsupported, mem)
+		}
+		p := KDFParams{Type: typ, Time: o.Iterations, MemoryKiB: mem, Parallel: par}
+		if p.Time > maxArgonTime {
+			return KDFParams{}, fmt.Errorf("%w: argon2 time %d", ErrUnsupported, p.Time)
+		}
+		if p.Time <= 0 {
+			t, m, err := benchArgon2(ctx, typ, mem, par, target)
+			if err != nil {
+				return KDFParams{}, err
+			}
+			p.Time, p.MemoryKiB = t, m
+		}
+		return p, nil
+	}
+	return KDFParams{}, fmt.Errorf("%w: kdf %q", ErrUnsupported, typ)
+}
+
+var benchSalt = make([]byte, 32)
+
+// benchPBKDF2 returns the iteration count that takes about target, at least 1000.
+func benchPBKDF2(ctx context.Context, nh func() hash.Hash, target time.Duration) (int, error) {
+	pw := []byte("diskcryptd pbkdf2 benchmark")
+	it := 1000
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		wipe(pbkdf2Key(nh, pw, benchSalt, it, 32))
+		d := time.Since(start)
+		if d >= 50*time.Millisecond || it >= 1<<26 {
+			n := int64(float64(it) * float64(target) / float64(d))
+			return int(max(MinPBKDF2Iterations, min(n, maxIterations))), nil
+		}
+		it *= 4
+	}
+}
+
+// benchArgon2 measures one pass over a modest memory size and extrapolates, as
+// Argon2's cost is linear in time × memory. Memory stays at maxMem unless even the
+// minimum time cost (4) would exceed the target.
+func benchArgon2(ctx context.Context, typ string, maxMem, par int, target time.Duration) (int, int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	m0 := min(maxMem, 64<<10)
+	pw := []byte("diskcryptd argon2 benchmark")
+	p := KDFParams{Type: typ, Time: 1, MemoryKiB: m0, Parallel: par}
+	start := time.Now()
+	k, err := deriveKeyCtx(ctx, p, pw, benchSalt, 32)
+	if err != nil {
+		return 0, 0, err
+	}
+	wipe(k)
+	d := time.Since(start)
+	perKiB := float64(d) / float64(m0) // ns per KiB per pass
+	if perKiB <= 0 {
+		perKiB = 1
+	}
+	if float64(minArgon2Time)*float64(maxMem)*perKiB <= float64(target) {
+		t := int(float64(target) / (float64(maxMem) * perKiB))
+		return max(minArgon2Time, min(t, maxArgonTime)), maxMem, nil
+	}
+	m := int(float64(target) / (float64(minArgon2Time) * perKiB))
+	m = max(min(minArgon2MemoryKiB, maxMem), min(m, maxMem))
+	return minArgon2Time, m, nil
+}
+
+// digestIterations chooses the digest's PBKDF2 iterations: ~125 ms, at least 1000.
+func digestIterations(ctx context.Context, hashName string) (int, error) {
+	nh, err := hashFunc(hashName)
+	if err != nil {
+		return 0, err
+	}
+	return benchPBKDF2(ctx, nh, digestIterTime)
+}
