@@ -51,7 +51,7 @@ lint:
 	$(GO) vet $(PKGS)
 
 generate:
-	cd xts/_asm && $(GO) run . -out ../xts_amd64.s -stubs ../xts_amd64_stubs.go
+	cd xts && $(GO) generate .
 
 demo: static
 	./contrib/demo.sh
