@@ -278,3 +278,39 @@ func ParseCryptParams(params string) (*CryptTarget, error) {
 	}
 	return t, nil
 }
+
+// NewLUKS2Target builds the crypt target cryptsetup loads for a LUKS2 data
+// segment of "dynamic" size on a device of deviceSize bytes: the mapping
+// covers the device from segmentOffset (bytes) to its end, the IV of the
+// first sector is ivTweak, and sectorSize is the segment's encryption sector
+// size. Like cryptsetup it refuses a data area that is not a whole number
+// of encryption sectors. key is referenced, not copied.
+func NewLUKS2Target(device string, deviceSize, segmentOffset int64, cipher string, key []byte, ivTweak uint64, sectorSize uint32, flags CryptFlags) (*CryptTarget, error) {
+	if sectorSize == 0 {
+		sectorSize = SectorSize
+	}
+	if segmentOffset < 0 || segmentOffset%SectorSize != 0 {
+		return nil, fmt.Errorf("blockdev: LUKS2 segment offset %d is not a multiple of 512", segmentOffset)
+	}
+	if deviceSize <= segmentOffset {
+		return nil, fmt.Errorf("blockdev: device of %d bytes has no room for data at offset %d", deviceSize, segmentOffset)
+	}
+	data := deviceSize - segmentOffset
+	if data%int64(sectorSize) != 0 {
+		return nil, fmt.Errorf("blockdev: data area of %d bytes is not a multiple of the %d-byte sector size", data, sectorSize)
+	}
+	t := &CryptTarget{
+		Length:     uint64(data / SectorSize),
+		Cipher:     cipher,
+		Key:        key,
+		IVOffset:   ivTweak,
+		Device:     device,
+		Offset:     uint64(segmentOffset / SectorSize),
+		SectorSize: sectorSize,
+		Flags:      flags,
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
