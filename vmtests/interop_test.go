@@ -206,6 +206,7 @@ func TestBlockdevGuest(t *testing.T) {
 	e := setup(t)
 	need(t, e, "blockdev.test")
 	m := newMachine(t, e)
+	m.Extra = map[string]string{"/bin/blockdev.test": testBinaries["blockdev.test"]}
 	addDisk(t, m, "scratch", diskSize)
 	b := boot(t, m, nil, Step{Name: "blockdev.test",
 		Script: "cd /tmp\nDISKCRYPTD_TEST_DISK=$(disk scratch) blockdev.test -test.run TestDM -test.v"})

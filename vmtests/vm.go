@@ -81,6 +81,9 @@ type Machine struct {
 	Memory, CPUs int
 	// Append is added to the kernel command line.
 	Append string
+	// Extra maps guest paths to host executables added to this machine's boots only
+	// (large test binaries stay out of every other boot's initramfs).
+	Extra map[string]string
 	// Logf receives progress lines (testing.T.Logf).
 	Logf  func(format string, args ...any)
 	boots int
@@ -191,6 +194,11 @@ func (m *Machine) Boot(ctx context.Context, steps []Step, files map[string][]byt
 	}
 	for p, data := range files {
 		a.File(p, data, 0o600)
+	}
+	for guest, host := range m.Extra {
+		if err := a.CopyFile(guest, host); err != nil {
+			return nil, err
+		}
 	}
 	initrd := filepath.Join(dir, "initrd.cpio")
 	f, err := os.OpenFile(initrd, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)

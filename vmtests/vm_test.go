@@ -29,6 +29,9 @@ var (
 	envSkip string
 	// missing maps an optional guest binary to why it is absent.
 	missing = map[string]string{}
+	// testBinaries maps a guest test binary name to its host file; tests add them
+	// to their machines' boots with Machine.Extra.
+	testBinaries = map[string]string{}
 	// broken maps an optional guest binary to its build error.
 	broken = map[string]error{}
 )
@@ -113,7 +116,7 @@ func buildEnv() (*Env, string, error) {
 		if err := GoTestBinary(ctx, moduleRoot, "./blockdev", bin("blockdev.test")); err != nil {
 			broken["blockdev.test"] = err
 		} else {
-			e.Binaries["/bin/blockdev.test"] = bin("blockdev.test")
+			testBinaries["blockdev.test"] = bin("blockdev.test")
 		}
 	} else {
 		missing["blockdev.test"] = "blockdev/ has no TestDM tests yet"
@@ -145,7 +148,8 @@ func need(t *testing.T, e *Env, binary string) {
 		}
 		t.Skipf("needs %s, which does not build yet: %v", binary, err)
 	}
-	if _, ok := e.Binaries["/bin/"+binary]; !ok {
+	_, isTest := testBinaries[binary]
+	if _, ok := e.Binaries["/bin/"+binary]; !ok && !isTest {
 		t.Skipf("needs %s: %s", binary, missing[binary])
 	}
 }
