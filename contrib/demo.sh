@@ -26,4 +26,4 @@ command -v go >/dev/null || { echo "demo: Go is not installed (see README)" >&2;
 CGO_ENABLED=0 go test -c -o bin/vmtests.test ./vmtests
 echo "demo: first run downloads the Debian cloud kernel and busybox into vmtests/.cache"
 cd vmtests
-DISKCRYPTD_BIN=$PWD/../bin/diskcryptd exec ../bin/vmtests.test -test.run '^TestDemo$' -test.timeout 15m -vm
+DISKCRYPTD_BIN=$PWD/../bin/diskcryptd exec ../bin/vmtests.test -test.run '^TestDemo$' -test.timeout 15m -vm -vm.demo

@@ -15,6 +15,9 @@ import (
 // a reboot that unlocks on its own, the disk at rest, and a tampered boot refused.
 // Run it through contrib/demo.sh, which prints the transcript without test noise.
 func TestDemo(t *testing.T) {
+	if !*demoFlag {
+		t.Skip("the demo runs with -vm.demo (make demo); the other tests cover the same steps")
+	}
 	e := setup(t)
 	need(t, e, "diskcryptd")
 	needHost(t, "cryptsetup")

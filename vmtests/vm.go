@@ -251,6 +251,7 @@ func (m *Machine) Boot(ctx context.Context, steps []Step, files map[string][]byt
 	defer log.Close()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return cmd.Process.Kill() }
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()

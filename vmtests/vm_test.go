@@ -18,6 +18,7 @@ var (
 	vmFlag      = flag.Bool("vm", false, "run the QEMU virtual machine tests")
 	bootTimeout = flag.Duration("vm.boot-timeout", 4*time.Minute, "hard deadline of one guest boot")
 	keepFlag    = flag.Bool("vm.keep", false, "keep every machine folder, not only those of failed tests")
+	demoFlag    = flag.Bool("vm.demo", false, "run TestDemo, the make demo transcript")
 )
 
 const moduleRoot = ".."
