@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/diskcryptd/diskcryptd/luks2"
+	"github.com/diskcryptd/diskcryptd/unlock"
+)
+
+func cmdEnroll(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 {
+		return usageErrorf("usage: diskcryptd enroll tpm2|recovery --key-file EXISTING DEVICE")
+	}
+	kind, args := args[0], args[1:]
+	f := newFlags(e, "enroll "+kind, "--key-file EXISTING [flags] DEVICE")
+	keyFile := f.String("key-file", "", "an existing passphrase, key file or recovery key (- for stdin)")
+	var tf tpmFlags
+	if kind == "tpm2" {
+		tf.register(f, true)
+	}
+	pos, err := f.parse(args, 1, 1)
+	if err != nil {
+		return err
+	}
+	var enr unlock.Enroller
+	switch kind {
+	case "tpm2":
+		p, err := tf.protector(e, true)
+		if err != nil {
+			return err
+		}
+		enr = p
+	case "recovery":
+		enr = recoveryEnroller{}
+	default:
+		return usageErrorf("unknown protector %q (tpm2, recovery)", kind)
+	}
+	existing, err := readKeyFile(e, *keyFile)
+	if err != nil {
+		return err
+	}
+	defer clear(existing)
+	v, err := openVolume(pos[0], luks2.ReadWrite)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	vk, _, err := unlockWithKey(ctx, v, existing, luks2.AnySlot)
+	if err != nil {
+		return err
+	}
+	defer vk.Wipe()
+	en, err := enr.Enroll(ctx)
+	if err != nil {
+		return err
+	}
+	defer clear(en.Passphrase)
+	tok, err := json.Marshal(en.Token)
+	if err != nil {
+		return fmt.Errorf("encoding token: %w", err)
+	}
+	slot, tid, err := v.AddKeyslotWithToken(ctx, vk, en.Passphrase, luks2.AnySlot,
+		&luks2.KeyslotOptions{KDF: luks2.MinimumCostKDF()}, tok, luks2.AnyToken)
+	if err != nil {
+		return err
+	}
+	e.log.Info("protector enrolled", "device", pos[0], "protector", kind, "keyslot", slot, "token", tid)
+	if kind == "recovery" {
+		fmt.Fprintf(e.stderr, "A recovery key was added to keyslot %d (token %d). Write it down and keep it offline; it is shown only once:\n", slot, tid)
+		_, err := fmt.Fprintf(e.stdout, "%s\n", en.Passphrase)
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s protector enrolled in keyslot %d (token %d)\n", kind, slot, tid)
+	return nil
+}
+
+// recoveryEnroller enrolls a systemd-format recovery key.
+type recoveryEnroller struct{}
+
+func (recoveryEnroller) Enroll(context.Context) (*unlock.Enrollment, error) {
+	return unlock.NewRecoveryKey()
+}
+
+// unlockWithKey recovers the volume key with key file contents; when they do not
+// open a keyslot as given but read as a recovery key typed differently (no dashes,
+// upper case, a trailing newline), it tries the canonical recovery key text.
+func unlockWithKey(ctx context.Context, v *luks2.Volume, key []byte, slot int) (*luks2.VolumeKey, int, error) {
+	vk, got, err := unlockSlot(ctx, v, key, slot)
+	if err == nil {
+		return vk, got, nil
+	}
+	canon, perr := unlock.ParseRecoveryKey(key)
+	if perr != nil {
+		return nil, -1, err
+	}
+	defer clear(canon)
+	if string(canon) == string(key) {
+		return nil, -1, err
+	}
+	return unlockSlot(ctx, v, canon, slot)
+}
+
+func unlockSlot(ctx context.Context, v *luks2.Volume, key []byte, slot int) (*luks2.VolumeKey, int, error) {
+	if slot == luks2.AnySlot {
+		return v.Unlock(ctx, key)
+	}
+	vk, err := v.UnlockKeyslot(ctx, slot, key)
+	return vk, slot, err
+}

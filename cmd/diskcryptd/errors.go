@@ -1,0 +1,35 @@
+package main
+
+import (
+	"github.com/diskcryptd/diskcryptd/blockdev"
+	"github.com/diskcryptd/diskcryptd/luks2"
+	"github.com/diskcryptd/diskcryptd/tpm"
+	"github.com/diskcryptd/diskcryptd/unlock"
+)
+
+// errorMapping ties a sentinel error of the packages below to an exit code and a hint.
+type errorMapping struct {
+	err  error
+	code int
+	hint string
+}
+
+// errorMap lists the sentinels the CLI branches on, most specific first.
+func errorMap() []errorMapping {
+	return []errorMapping{
+		{tpm.ErrPolicyMismatch, exitPermission, "the measured boot state differs from enrolment; unlock with the recovery key (diskcryptd unlock --key-file -) and re-enroll the TPM2 protector"},
+		{tpm.ErrLockout, exitPermission, "wait for the TPM's lockout to expire, or reset it with the lockout authorization"},
+		{tpm.ErrBadPIN, exitPermission, ""},
+		{unlock.ErrLocked, exitPermission, "unlock with a passphrase or the recovery key: diskcryptd unlock --key-file FILE DEVICE NAME"},
+		{luks2.ErrNoKeyslotAccepts, exitPermission, "check the key file (cryptsetup semantics: the whole file is the key, a trailing newline included)"},
+		{luks2.ErrDeviceInUse, exitDevice, "check the device name; to destroy what is on it, add --force"},
+		{luks2.ErrLUKS1, exitDevice, ""},
+		{luks2.ErrNotLUKS, exitDevice, "check the device name, or restore a header backup (diskcryptd header restore)"},
+		{luks2.ErrNoValidHeader, exitDevice, ""},
+		{luks2.ErrInvalidMetadata, exitDevice, "restore a header backup (diskcryptd header restore) or try diskcryptd repair"},
+		{luks2.ErrUnsupportedRequirement, exitDevice, "this volume needs a feature diskcryptd does not implement; use cryptsetup for it"},
+		{luks2.ErrDeviceTooSmall, exitDevice, ""},
+		{blockdev.ErrMappingExists, exitBusy, "a mapping with that name exists: pick another name or lock it first"},
+		{blockdev.ErrMappingNotFound, exitDevice, "see diskcryptd status for the mapped volumes"},
+	}
+}

@@ -1,0 +1,328 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/diskcryptd/diskcryptd/blockdev"
+	"github.com/diskcryptd/diskcryptd/luks2"
+	"github.com/diskcryptd/diskcryptd/tpm"
+	"github.com/diskcryptd/diskcryptd/unlock"
+	"github.com/google/go-tpm/tpm2"
+)
+
+// unlockFlags are the activation options, named as cryptsetup and crypttab name them.
+type unlockFlags struct {
+	test       bool
+	keyFile    string
+	slot       int
+	readOnly   bool
+	discards   bool
+	noReadWQ   bool
+	noWriteWQ  bool
+	sameCPU    bool
+	timeout    time.Duration
+	measurePCR int
+	tpm        tpmFlags
+}
+
+func cmdUnlock(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "unlock", "[--test] [--key-file F] [--tpm2-device DEV] DEVICE [NAME]")
+	var u unlockFlags
+	f.BoolVar(&u.test, "test", false, "recover the volume key only; map nothing")
+	f.StringVar(&u.keyFile, "key-file", "", "passphrase, key file or recovery key (- for stdin) instead of the tokens")
+	f.IntVar(&u.slot, "key-slot", luks2.AnySlot, "with --key-file: the keyslot to try")
+	f.BoolVar(&u.readOnly, "readonly", false, "map read-only")
+	f.BoolVar(&u.discards, "allow-discards", false, "pass discards (TRIM) to the device")
+	f.BoolVar(&u.noReadWQ, "perf-no_read_workqueue", false, "dm-crypt no_read_workqueue")
+	f.BoolVar(&u.noWriteWQ, "perf-no_write_workqueue", false, "dm-crypt no_write_workqueue")
+	f.BoolVar(&u.sameCPU, "perf-same_cpu_crypt", false, "dm-crypt same_cpu_crypt")
+	f.DurationVar(&u.timeout, "token-timeout", 30*time.Second, "deadline for each token")
+	f.IntVar(&u.measurePCR, "tpm2-measure-pcr", -1, "after unlocking, measure the volume into this PCR (systemd uses 15)")
+	u.tpm.register(f, false)
+	pos, err := f.parse(args, 1, 2)
+	if err != nil {
+		return err
+	}
+	if !u.test && len(pos) != 2 {
+		return usageErrorf("a mapping name is needed: diskcryptd unlock DEVICE NAME (or --test)")
+	}
+	v, err := openVolume(pos[0], luks2.ReadOnly)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	vk, how, err := recoverKey(ctx, e, v, &u)
+	if err != nil {
+		return err
+	}
+	defer vk.Wipe()
+	if u.test {
+		fmt.Fprintf(e.stdout, "volume key recovered through %s\n", how)
+		return nil
+	}
+	return activate(ctx, e, v, vk, pos[0], pos[1], &u)
+}
+
+// recoverKey recovers the volume key with --key-file, or through the volume's tokens.
+// It says how in a line for the operator.
+func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*luks2.VolumeKey, string, error) {
+	if u.keyFile != "" {
+		key, err := readKeyFile(e, u.keyFile)
+		if err != nil {
+			return nil, "", err
+		}
+		defer clear(key)
+		vk, slot, err := unlockWithKey(ctx, v, key, u.slot)
+		if err != nil {
+			return nil, "", err
+		}
+		return vk, fmt.Sprintf("key file (keyslot %d)", slot), nil
+	}
+	p, err := u.tpm.protector(e, false)
+	if err != nil {
+		return nil, "", err
+	}
+	md := v.Metadata()
+	var tokens []unlock.Token
+	for _, t := range md.Tokens {
+		raw, err := v.ExportToken(t.ID)
+		if err != nil {
+			return nil, "", err
+		}
+		tokens = append(tokens, unlock.Token{ID: t.ID, Type: t.Type, Keyslots: t.Keyslots, JSON: raw})
+	}
+	// Recovery tokens need a human; they are not tried here.
+	tokens = dropRecovery(tokens)
+	var vk *luks2.VolumeKey
+	open := func(ctx context.Context, pass []byte, slots []int) error {
+		var errs []error
+		for _, s := range slots {
+			k, err := v.UnlockKeyslot(ctx, s, pass)
+			if err == nil {
+				vk = k
+				return nil
+			}
+			errs = append(errs, err)
+		}
+		if len(errs) == 0 {
+			return fmt.Errorf("token is bound to no keyslot: %w", luks2.ErrNoKeyslotAccepts)
+		}
+		return errors.Join(errs...)
+	}
+	un := &unlock.Unlocker{Protectors: []unlock.Protector{p}, TokenTimeout: u.timeout, Logger: e.log}
+	rep, err := un.Unlock(ctx, tokens, open)
+	if err != nil {
+		return nil, "", err
+	}
+	w := rep.Winner()
+	return vk, fmt.Sprintf("token %d (%s, %s)", w.Token.ID, w.Token.Type, w.Protector), nil
+}
+
+func dropRecovery(tokens []unlock.Token) []unlock.Token {
+	out := tokens[:0]
+	for _, t := range tokens {
+		if t.Type != unlock.RecoveryTokenType {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// activate maps the volume with device-mapper, loading the table cryptsetup would load.
+func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey, device, name string, u *unlockFlags) error {
+	ct, err := v.CryptTarget(vk)
+	if err != nil {
+		return err
+	}
+	defer ct.Key.Wipe()
+	dev, err := blockdev.Open(device, blockdev.OpenOptions{})
+	if err != nil {
+		return withCode(exitDevice, "", err)
+	}
+	devNum, isBlock := dev.DevNum(), dev.IsBlockDevice()
+	dev.Close()
+	if !isBlock {
+		return withCode(exitDevice, "attach the image to a loop device first (losetup -f --show IMAGE)", fmt.Errorf("%s is not a block device", device))
+	}
+	var flags blockdev.CryptFlags
+	for _, name := range ct.Flags {
+		fl, err := blockdev.ParseCryptFlag(name)
+		if err != nil {
+			e.log.Warn("ignoring unknown persistent flag", "flag", name)
+			continue
+		}
+		flags |= fl
+	}
+	if u.discards {
+		flags |= blockdev.AllowDiscards
+	}
+	if u.noReadWQ {
+		flags |= blockdev.NoReadWorkqueue
+	}
+	if u.noWriteWQ {
+		flags |= blockdev.NoWriteWorkqueue
+	}
+	if u.sameCPU {
+		flags |= blockdev.SameCPUCrypt
+	}
+	key := ct.Key.Bytes()
+	defer clear(key)
+	target := &blockdev.CryptTarget{
+		Length:     uint64(ct.Size) / blockdev.SectorSize,
+		Cipher:     ct.Cipher,
+		Key:        key,
+		IVOffset:   ct.IVOffset,
+		Device:     blockdev.DevNumString(devNum),
+		Offset:     uint64(ct.Offset) / blockdev.SectorSize,
+		SectorSize: uint32(ct.SectorSize),
+		Flags:      flags,
+	}
+	md := v.Metadata()
+	uuid, err := blockdev.DMUUID(md.UUID, name)
+	if err != nil {
+		return err
+	}
+	m, err := blockdev.DMCreate(ctx, name, uuid, target, blockdev.CreateOptions{ReadOnly: u.readOnly})
+	if err != nil {
+		return err
+	}
+	e.log.Info("volume mapped", "device", device, "name", name, "node", m.Node)
+	if u.measurePCR >= 0 {
+		if err := measure(ctx, u, name, md.UUID, key); err != nil {
+			return fmt.Errorf("volume mapped at %s, but measuring it into PCR %d failed: %w", m.Node, u.measurePCR, err)
+		}
+	}
+	fmt.Fprintf(e.stdout, "%s unlocked at %s\n", device, m.Node)
+	return nil
+}
+
+func measure(ctx context.Context, u *unlockFlags, name, uuid string, key []byte) error {
+	t, err := tpm.Open(u.tpm.device)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return tpm.MeasureVolume(ctx, t, u.measurePCR, nil, name, uuid, key)
+}
+
+func cmdLock(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "lock", "NAME")
+	deferred := f.Bool("deferred", false, "remove when the last user closes it")
+	pos, err := f.parse(args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if err := blockdev.DMRemove(ctx, pos[0], blockdev.RemoveOptions{Deferred: *deferred}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s locked\n", pos[0])
+	return nil
+}
+
+// volumeStatus is one line of diskcryptd status.
+type volumeStatus struct {
+	Name     string `json:"name"`
+	UUID     string `json:"dm_uuid"`
+	Device   string `json:"device"`
+	Cipher   string `json:"cipher"`
+	Sectors  uint64 `json:"size_sectors"`
+	ReadOnly bool   `json:"read_only"`
+	InUse    int    `json:"open_count"`
+}
+
+func cmdStatus(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "status", "[--json]")
+	asJSON := f.Bool("json", false, "print JSON")
+	if _, err := f.parse(args, 0, 0); err != nil {
+		return err
+	}
+	maps, err := blockdev.DMList(ctx)
+	if err != nil {
+		return err
+	}
+	out := []volumeStatus{}
+	for _, m := range maps {
+		if !m.IsCrypt() || !strings.HasPrefix(m.UUID, "CRYPT-") {
+			continue
+		}
+		s := volumeStatus{Name: m.Name, UUID: m.UUID, ReadOnly: m.ReadOnly, InUse: m.OpenCount, Sectors: m.Targets[0].Length}
+		if p, err := blockdev.ParseCryptParams(m.Targets[0].Params); err == nil {
+			s.Cipher, s.Device = p.Cipher, p.Device
+		}
+		out = append(out, s)
+	}
+	if *asJSON {
+		return writeJSON(e.stdout, out)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tDEVICE\tCIPHER\tSIZE\tMODE\tOPEN")
+	for _, s := range out {
+		mode := "rw"
+		if s.ReadOnly {
+			mode = "ro"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d MiB\t%s\t%d\n", s.Name, s.Device, s.Cipher, s.Sectors/2048, mode, s.InUse)
+	}
+	return tw.Flush()
+}
+
+func cmdPCR(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 || (args[0] != "read" && args[0] != "extend") {
+		return usageErrorf("usage: diskcryptd pcr read [--tpm2-pcr-bank B] PCRS | pcr extend --pcr N --data TEXT")
+	}
+	sub := args[0]
+	f := newFlags(e, "pcr "+sub, "[--tpm2-device DEV] ...")
+	device := f.String("tpm2-device", "", "TPM: /dev/tpmrm0 (default) or swtpm:path=SOCKET")
+	bankName := f.String("tpm2-pcr-bank", "sha256", "PCR bank")
+	pcr := f.Int("pcr", -1, "for extend: the PCR")
+	data := f.String("data", "", "for extend: the text to measure (not a secret)")
+	pos, err := f.parse(args[1:], 0, 1)
+	if err != nil {
+		return err
+	}
+	bank, err := tpm.ParseBank(*bankName)
+	if err != nil {
+		return withCode(exitUsage, "", err)
+	}
+	t, err := tpm.Open(*device)
+	if err != nil {
+		return withCode(exitDevice, "", err)
+	}
+	defer t.Close()
+	if sub == "extend" {
+		if *pcr < 0 {
+			return usageErrorf("which PCR? pass --pcr N")
+		}
+		if err := tpm.Extend(ctx, t, *pcr, []tpm2.TPMIAlgHash{bank}, []byte(*data)); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "PCR %d extended\n", *pcr)
+		return nil
+	}
+	spec := "0+1+2+3+4+5+6+7"
+	if len(pos) == 1 {
+		spec = pos[0]
+	}
+	pcrs, _, err := tpm.ParsePCRs(spec)
+	if err != nil {
+		return withCode(exitUsage, "", err)
+	}
+	vals, err := tpm.ReadPCRs(ctx, t, bank, pcrs)
+	if err != nil {
+		return err
+	}
+	for _, p := range pcrs {
+		fmt.Fprintf(e.stdout, "%s:%d %x\n", *bankName, p, vals[p])
+	}
+	return nil
+}
+
+func cmdVersion(_ context.Context, e *env, _ []string) error {
+	fmt.Fprintf(e.stdout, "diskcryptd %s\n", version)
+	return nil
+}
