@@ -44,7 +44,7 @@ bench:
 	$(MAKE) bench-xts
 
 bench-xts:
-	$(GO) test -run '^$$' -bench . ./xts/
+	XTS_SPEED_REPORT=1 $(GO) test -v -count=1 -run '^TestSpeedReport$$' ./xts/
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
