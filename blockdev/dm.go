@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors of the device-mapper functions (match with errors.Is).
@@ -97,6 +99,10 @@ func DMCreate(ctx context.Context, name, dmUUID string, t *CryptTarget, opts Cre
 func (c *dmControl) create(ctx context.Context, name, dmUUID string, t *CryptTarget, opts CreateOptions) (*Mapping, error) {
 	hdr, _, err := c.do(&dmRequest{cmd: dmDevCreateCmd, name: name, uuid: dmUUID})
 	if err != nil {
+		// The kernel answers EBUSY for a name or UUID already in use.
+		if errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("%w: %w", ErrMappingExists, err)
+		}
 		return nil, err
 	}
 	m := &Mapping{Name: name, UUID: dmUUID, Dev: hdr.dev, ReadOnly: opts.ReadOnly}

@@ -55,7 +55,7 @@ func (f *fakeDM) ioctl(cmd uintptr, buf []byte) unix.Errno {
 	switch cmd {
 	case dmDevCreateCmd:
 		if m != nil {
-			return unix.EEXIST
+			return unix.EBUSY // what dm_hash_insert answers
 		}
 		f.nextMin++
 		m = &fakeMapping{uuid: cstring(buf[176 : 176+dmUUIDLen]), dev: unix.Mkdev(254, f.nextMin)}
