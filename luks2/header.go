@@ -274,7 +274,7 @@ func readHeaders(dev io.ReaderAt) (*headerState, error) {
 				st.secondary, st.secondaryErr = c, nil
 				break
 			}
-			if !errors.Is(err, ErrNotLUKS) {
+			if !errors.Is(err, ErrNotLUKS) && errors.Is(st.secondaryErr, ErrNotLUKS) {
 				st.secondaryErr = err
 			}
 		}
