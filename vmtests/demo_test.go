@@ -28,7 +28,7 @@ func TestDemo(t *testing.T) {
 			for _, line := range strings.Split(strings.TrimSpace(r.Script), "\n") {
 				say("  # %s", line)
 			}
-			for _, out := range [][]byte{r.Stdout, r.Stderr} {
+			for _, out := range [][]byte{r.Stderr, r.Stdout} {
 				s := strings.TrimRight(string(out), "\n")
 				if s == "" || !isText(out) {
 					continue
