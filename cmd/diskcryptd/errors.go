@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/diskcryptd/diskcryptd/blockdev"
+	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/tpm"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -29,6 +30,7 @@ func errorMap() []errorMapping {
 		{luks2.ErrInvalidMetadata, exitDevice, "restore a header backup (diskcryptd header restore) or try diskcryptd repair"},
 		{luks2.ErrUnsupportedRequirement, exitDevice, "this volume needs a feature diskcryptd does not implement; use cryptsetup for it"},
 		{luks2.ErrDeviceTooSmall, exitDevice, ""},
+		{daemon.ErrNotBlockDevice, exitDevice, "attach an image file to a loop device first: losetup -f --show IMAGE"},
 		{blockdev.ErrMappingExists, exitBusy, "a mapping with that name exists: pick another name or lock it first"},
 		{blockdev.ErrMappingNotFound, exitDevice, "see diskcryptd status for the mapped volumes"},
 	}

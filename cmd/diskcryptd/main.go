@@ -70,7 +70,8 @@ func commands() []command {
 		{"enroll", "add a protector: tpm2 or recovery", cmdEnroll},
 		{"unlock", "recover the volume key through tokens or a key file, and map the volume", cmdUnlock},
 		{"lock", "remove a volume's mapping", cmdLock},
-		{"status", "list mapped volumes", cmdStatus},
+		{"status", "list mapped volumes, and the daemon's view of its volumes", cmdStatus},
+		{"serve", "the daemon: unlock every configured volume, then report their states", cmdServe},
 		{"pcr", "read or extend TPM2 PCRs", cmdPCR},
 		{"version", "print the version", cmdVersion},
 	}

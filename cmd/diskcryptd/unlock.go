@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/diskcryptd/diskcryptd/blockdev"
+	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/tpm"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -87,35 +87,7 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 	if err != nil {
 		return nil, "", err
 	}
-	md := v.Metadata()
-	var tokens []unlock.Token
-	for _, t := range md.Tokens {
-		raw, err := v.ExportToken(t.ID)
-		if err != nil {
-			return nil, "", err
-		}
-		tokens = append(tokens, unlock.Token{ID: t.ID, Type: t.Type, Keyslots: t.Keyslots, JSON: raw})
-	}
-	// Recovery tokens need a human; they are not tried here.
-	tokens = dropRecovery(tokens)
-	var vk *luks2.VolumeKey
-	open := func(ctx context.Context, pass []byte, slots []int) error {
-		var errs []error
-		for _, s := range slots {
-			k, err := v.UnlockKeyslot(ctx, s, pass)
-			if err == nil {
-				vk = k
-				return nil
-			}
-			errs = append(errs, err)
-		}
-		if len(errs) == 0 {
-			return fmt.Errorf("token is bound to no keyslot: %w", luks2.ErrNoKeyslotAccepts)
-		}
-		return errors.Join(errs...)
-	}
-	un := &unlock.Unlocker{Protectors: []unlock.Protector{p}, TokenTimeout: u.timeout, Logger: e.log}
-	rep, err := un.Unlock(ctx, tokens, open)
+	vk, rep, err := daemon.RecoverKey(ctx, v, []unlock.Protector{p}, u.timeout, e.log)
 	if err != nil {
 		return nil, "", err
 	}
@@ -123,41 +95,9 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 	return vk, fmt.Sprintf("token %d (%s, %s)", w.Token.ID, w.Token.Type, w.Protector), nil
 }
 
-func dropRecovery(tokens []unlock.Token) []unlock.Token {
-	out := tokens[:0]
-	for _, t := range tokens {
-		if t.Type != unlock.RecoveryTokenType {
-			out = append(out, t)
-		}
-	}
-	return out
-}
-
 // activate maps the volume with device-mapper, loading the table cryptsetup would load.
 func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey, device, name string, u *unlockFlags) error {
-	ct, err := v.CryptTarget(vk)
-	if err != nil {
-		return err
-	}
-	defer ct.Key.Wipe()
-	dev, err := blockdev.Open(device, blockdev.OpenOptions{})
-	if err != nil {
-		return withCode(exitDevice, "", err)
-	}
-	devNum, isBlock := dev.DevNum(), dev.IsBlockDevice()
-	dev.Close()
-	if !isBlock {
-		return withCode(exitDevice, "attach the image to a loop device first (losetup -f --show IMAGE)", fmt.Errorf("%s is not a block device", device))
-	}
 	var flags blockdev.CryptFlags
-	for _, name := range ct.Flags {
-		fl, err := blockdev.ParseCryptFlag(name)
-		if err != nil {
-			e.log.Warn("ignoring unknown persistent flag", "flag", name)
-			continue
-		}
-		flags |= fl
-	}
 	if u.discards {
 		flags |= blockdev.AllowDiscards
 	}
@@ -170,30 +110,15 @@ func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey,
 	if u.sameCPU {
 		flags |= blockdev.SameCPUCrypt
 	}
-	key := ct.Key.Bytes()
-	defer clear(key)
-	target := &blockdev.CryptTarget{
-		Length:     uint64(ct.Size) / blockdev.SectorSize,
-		Cipher:     ct.Cipher,
-		Key:        key,
-		IVOffset:   ct.IVOffset,
-		Device:     blockdev.DevNumString(devNum),
-		Offset:     uint64(ct.Offset) / blockdev.SectorSize,
-		SectorSize: uint32(ct.SectorSize),
-		Flags:      flags,
-	}
-	md := v.Metadata()
-	uuid, err := blockdev.DMUUID(md.UUID, name)
+	m, err := daemon.Map(ctx, v, vk, device, name, daemon.MapOptions{ReadOnly: u.readOnly, Flags: flags}, e.log)
 	if err != nil {
 		return err
 	}
-	m, err := blockdev.DMCreate(ctx, name, uuid, target, blockdev.CreateOptions{ReadOnly: u.readOnly})
-	if err != nil {
-		return err
-	}
-	e.log.Info("volume mapped", "device", device, "name", name, "node", m.Node)
 	if u.measurePCR >= 0 {
-		if err := measure(ctx, u, name, md.UUID, key); err != nil {
+		key := vk.Bytes()
+		err := measure(ctx, u.tpm.device, u.measurePCR, name, v.Metadata().UUID, key)
+		clear(key)
+		if err != nil {
 			return fmt.Errorf("volume mapped at %s, but measuring it into PCR %d failed: %w", m.Node, u.measurePCR, err)
 		}
 	}
@@ -201,13 +126,14 @@ func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey,
 	return nil
 }
 
-func measure(ctx context.Context, u *unlockFlags, name, uuid string, key []byte) error {
-	t, err := tpm.Open(u.tpm.device)
+// measure extends pcr with the volume's measurement, as systemd's tpm2-measure-pcr.
+func measure(ctx context.Context, device string, pcr int, name, uuid string, key []byte) error {
+	t, err := tpm.Open(device)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
-	return tpm.MeasureVolume(ctx, t, u.measurePCR, nil, name, uuid, key)
+	return tpm.MeasureVolume(ctx, t, pcr, nil, name, uuid, key)
 }
 
 func cmdLock(ctx context.Context, e *env, args []string) error {
@@ -235,17 +161,26 @@ type volumeStatus struct {
 	InUse    int    `json:"open_count"`
 }
 
+// statusReport is what status --json prints.
+type statusReport struct {
+	Mapped []volumeStatus `json:"mapped"`
+	// Daemon is the running daemon's view of its configured volumes, if one answers.
+	Daemon []daemon.VolumeStatus `json:"daemon,omitempty"`
+}
+
 func cmdStatus(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "status", "[--json]")
+	f := newFlags(e, "status", "[--json] [--socket PATH]")
 	asJSON := f.Bool("json", false, "print JSON")
+	socket := f.String("socket", daemon.DefaultSocket, "the daemon's status socket")
 	if _, err := f.parse(args, 0, 0); err != nil {
 		return err
 	}
+	rep := statusReport{Mapped: []volumeStatus{}}
+	rep.Daemon, _ = daemonStatus(ctx, *socket)
 	maps, err := blockdev.DMList(ctx)
-	if err != nil {
+	if err != nil && rep.Daemon == nil {
 		return err
 	}
-	out := []volumeStatus{}
 	for _, m := range maps {
 		if !m.IsCrypt() || !strings.HasPrefix(m.UUID, "CRYPT-") {
 			continue
@@ -254,19 +189,25 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 		if p, err := blockdev.ParseCryptParams(m.Targets[0].Params); err == nil {
 			s.Cipher, s.Device = p.Cipher, p.Device
 		}
-		out = append(out, s)
+		rep.Mapped = append(rep.Mapped, s)
 	}
 	if *asJSON {
-		return writeJSON(e.stdout, out)
+		return writeJSON(e.stdout, rep)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tDEVICE\tCIPHER\tSIZE\tMODE\tOPEN")
-	for _, s := range out {
+	for _, s := range rep.Mapped {
 		mode := "rw"
 		if s.ReadOnly {
 			mode = "ro"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d MiB\t%s\t%d\n", s.Name, s.Device, s.Cipher, s.Sectors/2048, mode, s.InUse)
+	}
+	if rep.Daemon != nil {
+		fmt.Fprintln(tw, "\nDAEMON VOLUME\tSTATE\tTOKEN\tREASON")
+		for _, s := range rep.Daemon {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, s.State, orDash(s.Token), orDash(s.Reason))
+		}
 	}
 	return tw.Flush()
 }

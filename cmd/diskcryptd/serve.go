@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/diskcryptd/diskcryptd/daemon"
+	"github.com/diskcryptd/diskcryptd/systemd"
+	"github.com/diskcryptd/diskcryptd/unlock"
+)
+
+// defaultConfig is where serve reads its configuration.
+const defaultConfig = "/etc/diskcryptd/diskcryptd.conf"
+
+func cmdServe(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "serve", "[--config FILE] [--once]")
+	cfgPath := f.String("config", defaultConfig, "configuration file")
+	once := f.Bool("once", false, "unlock every volume and exit (initramfs); exit 2 if any stays locked")
+	tpmDevice := f.String("tpm2-device", "", "TPM, overriding the configuration's tpm2-device")
+	if _, err := f.parse(args, 0, 0); err != nil {
+		return err
+	}
+	fh, err := os.Open(*cfgPath)
+	if err != nil {
+		return withCode(exitUsage, "write a configuration: see contrib/diskcryptd.conf.example", err)
+	}
+	cfg, err := daemon.ParseConfig(fh)
+	fh.Close()
+	if err != nil {
+		return withCode(exitUsage, "", err)
+	}
+	if *tpmDevice != "" {
+		cfg.TPMDevice = *tpmDevice
+	}
+	tf := tpmFlags{device: cfg.TPMDevice}
+	prot, err := tf.protector(e, false)
+	if err != nil {
+		return err
+	}
+	d := &daemon.Daemon{
+		Config:     cfg,
+		Protectors: func(daemon.VolumeConfig) []unlock.Protector { return []unlock.Protector{prot} },
+		Measure: func(ctx context.Context, pcr int, name, uuid string, key []byte) error {
+			return measure(ctx, cfg.TPMDevice, pcr, name, uuid, key)
+		},
+		Notifier: &systemd.Notifier{},
+		Logger:   e.log,
+	}
+	err = d.Run(ctx, *once)
+	st := d.Status()
+	if *once {
+		for _, s := range st {
+			line := fmt.Sprintf("%s: %s", s.Name, s.State)
+			if s.Reason != "" {
+				line += ": " + s.Reason
+			}
+			if s.State == daemon.StateUnlocked {
+				line += fmt.Sprintf(" (token %s, %.2fs)", s.Token, s.Seconds)
+			}
+			fmt.Fprintln(e.stdout, line)
+		}
+	}
+	return err
+}
+
+// daemonStatus asks a running daemon for its volumes' states; ok is false when no
+// daemon answers on the socket.
+func daemonStatus(ctx context.Context, socket string) ([]daemon.VolumeStatus, bool) {
+	if _, err := os.Stat(socket); err != nil {
+		return nil, false
+	}
+	c := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://diskcryptd/v1/volumes", nil)
+	if err != nil {
+		return nil, false
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, false
+	}
+	defer resp.Body.Close()
+	var st []daemon.VolumeStatus
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return nil, false
+	}
+	return st, true
+}

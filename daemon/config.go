@@ -1,0 +1,176 @@
+package daemon
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/diskcryptd/diskcryptd/blockdev"
+)
+
+// Config is the daemon's configuration file, a line-oriented format in the spirit of
+// /etc/crypttab:
+//
+//	# global settings: KEY VALUE
+//	tpm2-device    /dev/tpmrm0
+//	token-timeout  30s
+//	device-timeout 90s
+//	socket         /run/diskcryptd/diskcryptd.sock
+//	# volumes: volume NAME DEVICE [OPTIONS]
+//	volume data0 UUID=0e3f6c1e-5a7b-4c43-9d2e-6f1f2a3b4c5d discard,tpm2-measure-pcr=15
+//	volume data1 PARTLABEL=data1 readonly
+//	volume data2 /dev/vdb
+//
+// DEVICE is a path, UUID=<LUKS UUID> or PARTLABEL=<label>. OPTIONS is a comma
+// separated list: discard, readonly, no-read-workqueue, no-write-workqueue,
+// same-cpu-crypt, submit-from-crypt-cpus, tpm2-measure-pcr=N, token-timeout=DURATION.
+type Config struct {
+	// TPMDevice is the TPM (/dev/tpmrm0 when empty, or swtpm:path=SOCKET).
+	TPMDevice string
+	// TokenTimeout bounds each token attempt.
+	TokenTimeout time.Duration
+	// DeviceTimeout bounds the wait for a volume's device to appear.
+	DeviceTimeout time.Duration
+	// Socket is the local status socket; empty disables it.
+	Socket string
+	// Volumes are unlocked in parallel.
+	Volumes []VolumeConfig
+}
+
+// VolumeConfig is one "volume" line.
+type VolumeConfig struct {
+	// Name is the mapping name (/dev/mapper/NAME).
+	Name string
+	// Device is the device spec: a path, UUID=... or PARTLABEL=...
+	Device string
+	// ReadOnly maps the volume read-only.
+	ReadOnly bool
+	// Flags are dm-crypt options added to the volume's persistent flags.
+	Flags blockdev.CryptFlags
+	// MeasurePCR, when >= 0, is the PCR the volume is measured into after unlock.
+	MeasurePCR int
+	// TokenTimeout overrides Config.TokenTimeout when > 0.
+	TokenTimeout time.Duration
+}
+
+// Default configuration values.
+const (
+	DefaultTokenTimeout  = 30 * time.Second
+	DefaultDeviceTimeout = 90 * time.Second
+	DefaultSocket        = "/run/diskcryptd/diskcryptd.sock"
+)
+
+// ErrConfig wraps every configuration error; the message names the line.
+var ErrConfig = errors.New("daemon: configuration error")
+
+// maxConfigLine bounds one configuration line.
+const maxConfigLine = 4096
+
+// ParseConfig reads a configuration file.
+func ParseConfig(r io.Reader) (*Config, error) {
+	c := &Config{TokenTimeout: DefaultTokenTimeout, DeviceTimeout: DefaultDeviceTimeout, Socket: DefaultSocket}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 512), maxConfigLine)
+	names := map[string]bool{}
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = strings.TrimSpace(line[:i])
+		}
+		if line == "" {
+			continue
+		}
+		f := strings.Fields(line)
+		bad := func(format string, a ...any) error {
+			return fmt.Errorf("%w: line %d: %s", ErrConfig, n, fmt.Sprintf(format, a...))
+		}
+		switch f[0] {
+		case "volume":
+			if len(f) < 3 || len(f) > 4 {
+				return nil, bad("want: volume NAME DEVICE [OPTIONS]")
+			}
+			v := VolumeConfig{Name: f[1], Device: f[2], MeasurePCR: -1}
+			if names[v.Name] {
+				return nil, bad("volume %q declared twice", v.Name)
+			}
+			names[v.Name] = true
+			if strings.ContainsAny(v.Name, "/ ") || v.Name == "." || v.Name == ".." {
+				return nil, bad("invalid volume name %q", v.Name)
+			}
+			if len(f) == 4 {
+				if err := parseVolumeOptions(&v, f[3]); err != nil {
+					return nil, bad("%v", err)
+				}
+			}
+			c.Volumes = append(c.Volumes, v)
+		case "tpm2-device", "socket":
+			if len(f) != 2 {
+				return nil, bad("want: %s VALUE", f[0])
+			}
+			if f[0] == "socket" {
+				c.Socket = f[1]
+				if f[1] == "none" {
+					c.Socket = ""
+				}
+			} else {
+				c.TPMDevice = f[1]
+			}
+		case "token-timeout", "device-timeout":
+			if len(f) != 2 {
+				return nil, bad("want: %s DURATION", f[0])
+			}
+			d, err := time.ParseDuration(f[1])
+			if err != nil || d <= 0 {
+				return nil, bad("%s: %q is not a positive duration like 30s", f[0], f[1])
+			}
+			if f[0] == "token-timeout" {
+				c.TokenTimeout = d
+			} else {
+				c.DeviceTimeout = d
+			}
+		default:
+			return nil, bad("unknown setting %q", f[0])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	return c, nil
+}
+
+func parseVolumeOptions(v *VolumeConfig, opts string) error {
+	for _, o := range strings.Split(opts, ",") {
+		key, val, hasVal := strings.Cut(o, "=")
+		switch key {
+		case "discard":
+			v.Flags |= blockdev.AllowDiscards
+		case "readonly", "read-only":
+			v.ReadOnly = true
+		case "no-read-workqueue", "no-write-workqueue", "same-cpu-crypt", "submit-from-crypt-cpus":
+			fl, err := blockdev.ParseCryptFlag(key)
+			if err != nil {
+				return err
+			}
+			v.Flags |= fl
+		case "tpm2-measure-pcr":
+			n, err := strconv.Atoi(val)
+			if !hasVal || err != nil || n < 0 || n > 23 {
+				return fmt.Errorf("tpm2-measure-pcr=%q: want a PCR number 0..23", val)
+			}
+			v.MeasurePCR = n
+		case "token-timeout":
+			d, err := time.ParseDuration(val)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("token-timeout=%q: want a duration like 30s", val)
+			}
+			v.TokenTimeout = d
+		default:
+			return fmt.Errorf("unknown volume option %q", o)
+		}
+	}
+	return nil
+}
