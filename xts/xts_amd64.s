@@ -196,7 +196,23 @@ rounds_done_4:
 	ADDQ        R10, R9
 	SUBQ        R8, DX
 	JNZ         sector_1
-	VZEROUPPER
+	VZEROALL
+	VPXORQ      Z16, Z16, Z16
+	VPXORQ      Z17, Z17, Z17
+	VPXORQ      Z18, Z18, Z18
+	VPXORQ      Z19, Z19, Z19
+	VPXORQ      Z20, Z20, Z20
+	VPXORQ      Z21, Z21, Z21
+	VPXORQ      Z22, Z22, Z22
+	VPXORQ      Z23, Z23, Z23
+	VPXORQ      Z24, Z24, Z24
+	VPXORQ      Z25, Z25, Z25
+	VPXORQ      Z26, Z26, Z26
+	VPXORQ      Z27, Z27, Z27
+	VPXORQ      Z28, Z28, Z28
+	VPXORQ      Z29, Z29, Z29
+	VPXORQ      Z30, Z30, Z30
+	VPXORQ      Z31, Z31, Z31
 	RET
 
 // func xtsEncVAES256(k1 *byte, k2 *byte, rounds int, dst *byte, src *byte, length int, sectorSize int, sector uint64)
@@ -379,7 +395,23 @@ rounds_done_8:
 	ADDQ        R10, R9
 	SUBQ        R8, DX
 	JNZ         sector_5
-	VZEROUPPER
+	VZEROALL
+	VPXORQ      Z16, Z16, Z16
+	VPXORQ      Z17, Z17, Z17
+	VPXORQ      Z18, Z18, Z18
+	VPXORQ      Z19, Z19, Z19
+	VPXORQ      Z20, Z20, Z20
+	VPXORQ      Z21, Z21, Z21
+	VPXORQ      Z22, Z22, Z22
+	VPXORQ      Z23, Z23, Z23
+	VPXORQ      Z24, Z24, Z24
+	VPXORQ      Z25, Z25, Z25
+	VPXORQ      Z26, Z26, Z26
+	VPXORQ      Z27, Z27, Z27
+	VPXORQ      Z28, Z28, Z28
+	VPXORQ      Z29, Z29, Z29
+	VPXORQ      Z30, Z30, Z30
+	VPXORQ      Z31, Z31, Z31
 	RET
 
 // func xtsEncAESNI(k1 *byte, k2 *byte, rounds int, dst *byte, src *byte, length int, sectorSize int, sector uint64)
@@ -686,6 +718,30 @@ rounds_done_12:
 	ADDQ       R10, R9
 	SUBQ       R8, DX
 	JNZ        sector_9
+	PXOR       X0, X0
+	PXOR       X1, X1
+	PXOR       X2, X2
+	PXOR       X3, X3
+	PXOR       X4, X4
+	PXOR       X5, X5
+	PXOR       X6, X6
+	PXOR       X7, X7
+	PXOR       X8, X8
+	PXOR       X9, X9
+	PXOR       X10, X10
+	PXOR       X11, X11
+	PXOR       X12, X12
+	PXOR       X13, X13
+	PXOR       X14, X14
+	PXOR       X15, X15
+	MOVOU      X0, (SP)
+	MOVOU      X0, 16(SP)
+	MOVOU      X0, 32(SP)
+	MOVOU      X0, 48(SP)
+	MOVOU      X0, 64(SP)
+	MOVOU      X0, 80(SP)
+	MOVOU      X0, 96(SP)
+	MOVOU      X0, 112(SP)
 	RET
 
 // func xtsDecVAES512(k1 *byte, k2 *byte, rounds int, dst *byte, src *byte, length int, sectorSize int, sector uint64)
@@ -880,7 +936,23 @@ rounds_done_16:
 	ADDQ        R10, R9
 	SUBQ        R8, DX
 	JNZ         sector_13
-	VZEROUPPER
+	VZEROALL
+	VPXORQ      Z16, Z16, Z16
+	VPXORQ      Z17, Z17, Z17
+	VPXORQ      Z18, Z18, Z18
+	VPXORQ      Z19, Z19, Z19
+	VPXORQ      Z20, Z20, Z20
+	VPXORQ      Z21, Z21, Z21
+	VPXORQ      Z22, Z22, Z22
+	VPXORQ      Z23, Z23, Z23
+	VPXORQ      Z24, Z24, Z24
+	VPXORQ      Z25, Z25, Z25
+	VPXORQ      Z26, Z26, Z26
+	VPXORQ      Z27, Z27, Z27
+	VPXORQ      Z28, Z28, Z28
+	VPXORQ      Z29, Z29, Z29
+	VPXORQ      Z30, Z30, Z30
+	VPXORQ      Z31, Z31, Z31
 	RET
 
 // func xtsDecVAES256(k1 *byte, k2 *byte, rounds int, dst *byte, src *byte, length int, sectorSize int, sector uint64)
@@ -1063,7 +1135,23 @@ rounds_done_20:
 	ADDQ        R10, R9
 	SUBQ        R8, DX
 	JNZ         sector_17
-	VZEROUPPER
+	VZEROALL
+	VPXORQ      Z16, Z16, Z16
+	VPXORQ      Z17, Z17, Z17
+	VPXORQ      Z18, Z18, Z18
+	VPXORQ      Z19, Z19, Z19
+	VPXORQ      Z20, Z20, Z20
+	VPXORQ      Z21, Z21, Z21
+	VPXORQ      Z22, Z22, Z22
+	VPXORQ      Z23, Z23, Z23
+	VPXORQ      Z24, Z24, Z24
+	VPXORQ      Z25, Z25, Z25
+	VPXORQ      Z26, Z26, Z26
+	VPXORQ      Z27, Z27, Z27
+	VPXORQ      Z28, Z28, Z28
+	VPXORQ      Z29, Z29, Z29
+	VPXORQ      Z30, Z30, Z30
+	VPXORQ      Z31, Z31, Z31
 	RET
 
 // func xtsDecAESNI(k1 *byte, k2 *byte, rounds int, dst *byte, src *byte, length int, sectorSize int, sector uint64)
@@ -1370,4 +1458,28 @@ rounds_done_24:
 	ADDQ       R10, R9
 	SUBQ       R8, DX
 	JNZ        sector_21
+	PXOR       X0, X0
+	PXOR       X1, X1
+	PXOR       X2, X2
+	PXOR       X3, X3
+	PXOR       X4, X4
+	PXOR       X5, X5
+	PXOR       X6, X6
+	PXOR       X7, X7
+	PXOR       X8, X8
+	PXOR       X9, X9
+	PXOR       X10, X10
+	PXOR       X11, X11
+	PXOR       X12, X12
+	PXOR       X13, X13
+	PXOR       X14, X14
+	PXOR       X15, X15
+	MOVOU      X0, (SP)
+	MOVOU      X0, 16(SP)
+	MOVOU      X0, 32(SP)
+	MOVOU      X0, 48(SP)
+	MOVOU      X0, 64(SP)
+	MOVOU      X0, 80(SP)
+	MOVOU      X0, 96(SP)
+	MOVOU      X0, 112(SP)
 	RET

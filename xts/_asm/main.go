@@ -196,7 +196,13 @@ func vaes(enc bool, lanes int) {
 	ADDQ(step, sector)
 	SUBQ(sectorSize, length)
 	JNZ(LabelRef(sectorLoop))
-	VZEROUPPER()
+	// Leave no round keys, tweaks or data in vector registers: VZEROALL clears
+	// V0-V15 entirely (and restores a clean upper state), V16-V31 need clearing
+	// one by one.
+	VZEROALL()
+	for i := 16; i < 32; i++ {
+		VPXORQ(zmm[i], zmm[i], zmm[i])
+	}
 	RET()
 }
 
@@ -296,5 +302,12 @@ func aesni(enc bool) {
 	ADDQ(step, sector)
 	SUBQ(sectorSize, length)
 	JNZ(LabelRef(sectorLoop))
+	// Leave no round key, tweak or data behind in registers or on the stack.
+	for j := range 16 {
+		PXOR(xmm[j], xmm[j])
+	}
+	for j := range 8 {
+		MOVOU(X0, saved.Offset(16*j))
+	}
 	RET()
 }
