@@ -58,10 +58,14 @@ func swtpmPath(conf string) (string, error) {
 }
 
 func openDevice(path string) (transport.TPMCloser, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	// Open the character device in blocking mode: os.OpenFile would register it with
+	// the runtime poller (non-blocking), and the kernel's TPM driver then answers a read
+	// issued before a slow command completes with 0 bytes, which Go reports as EOF.
+	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: open %s: %w", path, err)
 	}
+	f := os.NewFile(uintptr(fd), path)
 	return &streamTPM{rw: f, name: path}, nil
 }
 
