@@ -269,7 +269,7 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 	if err := dec.Decode(&top); err != nil || top == nil {
 		return nil, invalid("JSON metadata is not an object")
 	}
-	if dec.More() {
+	if len(bytes.TrimSpace(js[dec.InputOffset():])) != 0 {
 		return nil, invalid("trailing data after JSON metadata")
 	}
 	m := &metadata{
