@@ -47,16 +47,15 @@ var (
 	ErrUnsupported = errors.New("luks2: unsupported parameter")
 	// ErrDeviceTooSmall means the device cannot hold the metadata and any data.
 	ErrDeviceTooSmall = errors.New("luks2: device too small")
-	// ErrLastKeyslot is returned by RemoveKeyslot for the last keyslot unless
-	// RemoveOptions allow it, because removing it makes the data unrecoverable.
-	ErrLastKeyslot = errors.New("luks2: refusing to remove the last keyslot")
 )
 
 // ExistingSignatureError is returned (wrapping ErrDeviceInUse) when Format finds data
 // on the device. Kind is what blockdev.Probe reported (for example "ext4", "LUKS2",
 // "swap", "gpt").
 type ExistingSignatureError struct {
+	// Kind is the signature type, e.g. "ext4", "luks2", "swap", "gpt".
 	Kind string
+	// Desc is a human-readable description of what was found.
 	Desc string
 }
 

@@ -460,3 +460,32 @@ func TestHeaderBackupRestoreInterop(t *testing.T) {
 	}
 	run(t, nil, cs, "open", "--test-passphrase", "--key-file", kf, img)
 }
+
+// TestDefaultSectorSizeLikeCryptsetup compares the sector size both tools choose
+// when none is given, on an image whose data area is and is not 4096-aligned.
+func TestDefaultSectorSizeLikeCryptsetup(t *testing.T) {
+	cs := needCryptsetup(t)
+	dir := t.TempDir()
+	kf := writeKeyFile(t, dir, []byte("x"))
+	for _, size := range []int64{20 << 20, 20<<20 + 512, 20<<20 + 2048} {
+		img := newImage(t, dir, size)
+		run(t, nil, cs, "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", kf, img)
+		v, err := OpenFile(img, ReadOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		theirs := v.Metadata().SectorSize
+		v.Close()
+		opts := fastFormat()
+		opts.Force = true
+		v, vk, err := FormatFile(context.Background(), img, []byte("x"), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vk.Wipe()
+		if ours := v.Metadata().SectorSize; ours != theirs {
+			t.Errorf("size %d: we chose %d, cryptsetup %d", size, ours, theirs)
+		}
+		v.Close()
+	}
+}

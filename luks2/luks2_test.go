@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPBKDF2(t *testing.T) {
@@ -335,5 +337,67 @@ func TestTokenAPI(t *testing.T) {
 	got, _ = v.ExportToken(4)
 	if want := `{"type":"systemd-tpm2","tpm2-blob":"Zm9v","keyslots":[],"tpm2-pcrs":[7]}`; string(got) != want {
 		t.Errorf("after keyslot removal: got %s", got)
+	}
+}
+
+func TestResolveKDFTimeTarget(t *testing.T) {
+	ctx := context.Background()
+	p, err := ResolveKDF(ctx, KDFOptions{Type: KDFPBKDF2, Hash: "sha512", IterTime: 50 * time.Millisecond})
+	if err != nil || p.Iterations < MinPBKDF2Iterations || p.Hash != "sha512" {
+		t.Fatalf("%+v %v", p, err)
+	}
+	p, err = ResolveKDF(ctx, KDFOptions{Type: KDFArgon2i, MemoryKiB: 32 << 10, Parallel: 1, IterTime: 100 * time.Millisecond})
+	if err != nil || p.Time < 4 || p.MemoryKiB > 32<<10 || p.MemoryKiB < 8 || p.Parallel != 1 {
+		t.Fatalf("%+v %v", p, err)
+	}
+	p, err = ResolveKDF(ctx, KDFOptions{Type: KDFArgon2id, Iterations: 5, MemoryKiB: 1024})
+	if err != nil || p != (KDFParams{Type: KDFArgon2id, Time: 5, MemoryKiB: 1024, Parallel: min(4, runtime.NumCPU())}) {
+		t.Fatalf("%+v %v", p, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := ResolveKDF(cctx, KDFOptions{}); !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+}
+
+func TestEraseAndMemBackup(t *testing.T) {
+	ctx := context.Background()
+	img := memFormat(t, crashSize, "p", crashFormatOpts())
+	img[5000] ^= 1 // damaged primary: the backup still carries two valid copies
+	v, d := openMem(t, img, ReadWrite)
+	if _, err := v.AddToken([]byte(`{"type":"t","keyslots":["0"]}`), 2); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := v.Backup(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len() != crashDataOffset {
+		t.Fatalf("backup of %d bytes", buf.Len())
+	}
+	area := bytes.Clone(d.cur[2*DefaultHeaderSize : 2*DefaultHeaderSize+4096])
+	if err := v.Erase(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(area, d.cur[2*DefaultHeaderSize:2*DefaultHeaderSize+4096]) {
+		t.Error("keyslot area not overwritten")
+	}
+	md := v.Metadata()
+	if len(md.Keyslots) != 0 || len(md.Tokens) != 1 || len(md.Tokens[0].Keyslots) != 0 {
+		t.Errorf("after erase: %+v", md)
+	}
+	if _, _, err := v.Unlock(ctx, []byte("p")); !errors.Is(err, ErrNoKeyslotAccepts) {
+		t.Fatal(err)
+	}
+	if err := RestoreHeader(d, crashSize, bytes.NewReader(buf.Bytes()), int64(buf.Len())); err != nil {
+		t.Fatal(err)
+	}
+	v, _ = openMem(t, d.cur, ReadOnly)
+	if md := v.Metadata(); !md.PrimaryValid || !md.SecondaryValid || !unlocks(v, "p") {
+		t.Fatalf("after restore: %+v", md)
+	}
+	if err := RestoreHeader(d, crashSize, bytes.NewReader(make([]byte, 1<<20)), 1<<20); !errors.Is(err, ErrNotLUKS) {
+		t.Fatalf("restore of garbage: %v", err)
 	}
 }
