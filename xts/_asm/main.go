@@ -88,8 +88,8 @@ func mulXbytes(n int, t, poly, a VecPhysical) {
 // vaes emits the VAES path with lanes blocks per vector register (4: ZMM, 2: YMM) and
 // four vector registers of blocks in flight.
 //
-// Registers: V0-V3 tweaks, V4-V7 data, V8-V11 last round key ^ tweak, V12-V15
-// temporaries, V16 round key 0, V17-V29 round keys 1-13, V30 the last round key, V31
+// Registers: V0-V3 tweaks, V4-V7 data, V8-V11 last round key ^ tweak, V12 a
+// temporary, X13 the next sector's tweak, V16 round key 0, V17-V29 round keys 1-13, V30 the last round key, V31
 // the reduction constant.
 func vaes(enc bool, lanes int) {
 	var name, aesop, aeslast string
@@ -139,61 +139,90 @@ func vaes(enc bool, lanes int) {
 	tw := regs[0:4]
 	data := regs[4:8]
 	lastk := regs[8:12]
-	tmp := regs[12:16]
+	tmp := regs[12]
+	next := X13 // the tweak of the next sector, computed during this one
+
+	// tweakRound emits round r of AES-Enc(k2, sector) on next; it is interleaved
+	// with the data rounds of a sector's first iteration, so the serial latency of
+	// the tweak encryption hides behind the data.
+	tweakRound := func(r int) { VAESENC(Mem{Base: k2, Disp: 16 * r}, next, next) }
+	tweakStart := func() {
+		VMOVQ(sector, next)
+		VPXOR(Mem{Base: k2}, next, next)
+	}
+	tweakLast := func() { VAESENCLAST(Mem{Base: last2}, next, next) }
+
+	// iteration emits 4*lanes blocks: data ^= tweak, AES, data ^= tweak, with the
+	// tweaks advanced by x^(4*lanes) on the way. extra, if not nil, runs after each
+	// round's data instructions, and extraLast after the last round's.
+	iteration := func(extra func(r int), extraLast func()) {
+		for i := range 4 {
+			VMOVDQU64(Mem{Base: src, Disp: 16 * lanes * i}, data[i])
+		}
+		for i := range 4 {
+			VPTERNLOGQ(Imm(0x96), regs[16], tw[i], data[i]) // data ^= tweak ^ round key 0
+			VPXORQ(regs[30], tw[i], lastk[i])
+		}
+		aesRounds(rounds, func(r int) {
+			for i := range 4 {
+				raw(aesop, regs[16+r], data[i], data[i])
+			}
+			if r == 1 {
+				// Advance the tweaks by 4*lanes blocks while the AES units work.
+				// One temporary suffices: the CPU renames it.
+				for i := range 4 {
+					mulXbytes(lanes/2, tw[i], regs[31], tmp)
+				}
+			}
+			if extra != nil {
+				extra(r)
+			}
+		})
+		for i := range 4 {
+			raw(aeslast, lastk[i], data[i], data[i]) // also xors the tweak back in
+		}
+		if extraLast != nil {
+			extraLast()
+		}
+		for i := range 4 {
+			VMOVDQU64(data[i], Mem{Base: dst, Disp: 16 * lanes * i})
+		}
+		ADDQ(U32(64*lanes), src)
+		ADDQ(U32(64*lanes), dst)
+		SUBQ(U32(64*lanes), inner)
+	}
+
+	// The first sector's tweak, alone.
+	tweakStart()
+	aesRounds(rounds, tweakRound)
+	tweakLast()
 
 	sectorLoop := label("sector")
 	Label(sectorLoop)
-	// T = AES-Enc(k2, sector) in X0.
-	VMOVQ(sector, X0)
-	VPXOR(Mem{Base: k2}, X0, X0)
-	aesRounds(rounds, func(r int) { VAESENC(Mem{Base: k2, Disp: 16 * r}, X0, X0) })
-	VAESENCLAST(Mem{Base: last2}, X0, X0)
-
 	// Tweaks of the first 4*lanes blocks: lane j of tw[i] holds T*x^(lanes*i+j).
-	// X8 and X9 are free as temporaries here; X31 holds 0x87 in both quadwords.
+	// The data and lastk registers are free here; X31 holds 0x87 in both quadwords.
+	VMOVDQU(next, X0)
 	for j := 1; j < lanes; j++ {
-		mulXk(j, X0, xmm[11+j], X31, X8, X9)
+		mulXk(j, next, xmm[8+j], X31, X4, X5)
 	}
 	for j := 1; j < lanes; j++ {
-		VINSERTI32X4(Imm(uint64(j)), xmm[11+j], tw[0], tw[0])
+		VINSERTI32X4(Imm(uint64(j)), xmm[8+j], tw[0], tw[0])
 	}
 	for i := 1; i < 4; i++ {
-		mulXk(lanes*i, tw[0], tw[i], regs[31], tmp[0], tmp[1])
+		mulXk(lanes*i, tw[0], tw[i], regs[31], lastk[0], lastk[1])
 	}
 
+	// The first iteration also encrypts the next sector's tweak. Every sector has
+	// at least two iterations (512 bytes), so the loop below runs at least once.
+	ADDQ(step, sector)
+	tweakStart()
 	MOVQ(sectorSize, inner)
+	iteration(tweakRound, tweakLast)
 	blockLoop := label("blocks")
 	Label(blockLoop)
-	for i := range 4 {
-		VMOVDQU64(Mem{Base: src, Disp: 16 * lanes * i}, data[i])
-	}
-	for i := range 4 {
-		VPTERNLOGQ(Imm(0x96), regs[16], tw[i], data[i]) // data ^= tweak ^ round key 0
-		VPXORQ(regs[30], tw[i], lastk[i])
-	}
-	aesRounds(rounds, func(r int) {
-		for i := range 4 {
-			raw(aesop, regs[16+r], data[i], data[i])
-		}
-		if r == 1 {
-			// Advance the tweaks by 4*lanes blocks while the AES units work.
-			for i := range 4 {
-				mulXbytes(lanes/2, tw[i], regs[31], tmp[i])
-			}
-		}
-	})
-	for i := range 4 {
-		raw(aeslast, lastk[i], data[i], data[i]) // also xors the tweak back in
-	}
-	for i := range 4 {
-		VMOVDQU64(data[i], Mem{Base: dst, Disp: 16 * lanes * i})
-	}
-	ADDQ(U32(64*lanes), src)
-	ADDQ(U32(64*lanes), dst)
-	SUBQ(U32(64*lanes), inner)
+	iteration(nil, nil)
 	JNZ(LabelRef(blockLoop))
 
-	ADDQ(step, sector)
 	SUBQ(sectorSize, length)
 	JNZ(LabelRef(sectorLoop))
 	// Leave no round keys, tweaks or data in vector registers: VZEROALL clears
