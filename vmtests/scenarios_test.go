@@ -199,7 +199,11 @@ func TestTamper(t *testing.T) {
 		Step{Name: "extend", Script: "pcrextend -pcr 7 -data evil-bootloader"},
 		Step{Name: "unlock", Script: "diskcryptd unlock $(disk data0) data"},
 		Step{Name: "still-locked", Script: "! test -e /dev/mapper/data && ! mapped data 2>/dev/null"},
-		Step{Name: "status", Script: "diskcryptd status\ndiskcryptd status --json"},
+		// The daemon tries too, keeps the volume locked, and its status says why.
+		Step{Name: "status", Script: "printf 'tpm2-device /dev/tpmrm0\\nsocket /run/dcd.sock\\nvolume data %s\\n' $(disk data0) > /run/dcd.conf\n" +
+			"diskcryptd serve --config /run/dcd.conf >/run/dcd.log 2>&1 &\n" +
+			"for i in $(seq 1 100); do diskcryptd status --json --socket /run/dcd.sock | grep -q '\"state\": \"locked\"' && break; sleep 0.2; done\n" +
+			"diskcryptd status --socket /run/dcd.sock\ndiskcryptd status --json --socket /run/dcd.sock\nkill %1"},
 		Step{Name: "recovery", Script: "diskcryptd unlock --key-file " + rkFile + " $(disk data0) data"},
 		stepRead("data"),
 	)
@@ -214,7 +218,11 @@ func TestTamper(t *testing.T) {
 	}
 	ok(t, b, "still-locked")
 	t.Logf("refused unlock (exit %d): %s", u.Exit, strings.TrimSpace(string(u.Stderr)))
-	t.Logf("status while locked: %s", b.Result("status").Stdout)
+	st := ok(t, b, "status").Stdout
+	t.Logf("status while locked: %s", st)
+	if !bytes.Contains(st, []byte(`"state": "locked"`)) || !bytes.Contains(st, []byte("PCRs")) {
+		t.Errorf("daemon status does not say the volume is locked because the PCRs changed:\n%s", st)
+	}
 	ok(t, b, "recovery")
 	if got := ok(t, b, "read").Stdout; !bytes.Equal(got, f.marker) {
 		t.Fatalf("data after recovery unlock differs")
