@@ -27,6 +27,9 @@ var (
 	ErrKeyslotInUse = errors.New("luks2: keyslot already in use")
 	// ErrNoFreeKeyslot means all keyslot numbers or the keyslots area are used up.
 	ErrNoFreeKeyslot = errors.New("luks2: no free keyslot or keyslot area space")
+	// ErrMetadataFull means the JSON metadata would not fit the header's JSON area
+	// (12 KiB by default): remove tokens or keyslots, or reformat with a larger header.
+	ErrMetadataFull = errors.New("luks2: JSON metadata area full")
 	// ErrTokenNotFound means the token id does not exist.
 	ErrTokenNotFound = errors.New("luks2: token not found")
 	// ErrTokenInUse means the requested token id is already taken.

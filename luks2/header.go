@@ -219,7 +219,7 @@ func parseCopy(full []byte, bh *binHeader) (*headerCopy, error) {
 // encodeCopy serializes one header copy: binary header, JSON, checksum.
 func encodeCopy(bh *binHeader, js []byte) ([]byte, error) {
 	if int64(len(js)) >= bh.hdrSize-binHeaderSize {
-		return nil, fmt.Errorf("%w: JSON metadata (%d bytes) does not fit the %d-byte JSON area", ErrNoFreeKeyslot, len(js), bh.hdrSize-binHeaderSize)
+		return nil, fmt.Errorf("%w: JSON metadata (%d bytes) does not fit the %d-byte JSON area", ErrMetadataFull, len(js), bh.hdrSize-binHeaderSize)
 	}
 	b := make([]byte, bh.hdrSize)
 	if bh.secondary {

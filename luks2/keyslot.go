@@ -132,9 +132,10 @@ func digestMatches(d *digestEntry, key []byte) bool {
 // the key and the keyslot that accepted it, or ErrNoKeyslotAccepts. The caller wipes
 // the key.
 func (v *Volume) Unlock(ctx context.Context, passphrase []byte) (*VolumeKey, int, error) {
+	// The metadata is immutable once parsed: take it and run the KDFs unlocked.
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	m := v.meta
+	v.mu.Unlock()
 	var order []int
 	for _, pr := range []Priority{PriorityPrefer, PriorityNormal} {
 		for _, id := range sortedIDs(m.keyslots) {
@@ -169,8 +170,9 @@ func (v *Volume) UnlockKeyslot(ctx context.Context, slot int, passphrase []byte)
 		return vk, err
 	}
 	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.openSlot(ctx, v.meta, slot, passphrase)
+	m := v.meta
+	v.mu.Unlock()
+	return v.openSlot(ctx, m, slot, passphrase)
 }
 
 // VerifyVolumeKey checks vk against the digest of the data segment in constant time.

@@ -401,3 +401,18 @@ func TestEraseAndMemBackup(t *testing.T) {
 		t.Fatalf("restore of garbage: %v", err)
 	}
 }
+
+func TestMetadataFull(t *testing.T) {
+	v, _ := openMem(t, memFormat(t, crashSize, "p", crashFormatOpts()), ReadWrite)
+	big := `{"type":"t","keyslots":[],"pad":"` + strings.Repeat("x", 5000) + `"}`
+	var err error
+	for i := 0; i < 4 && err == nil; i++ {
+		_, err = v.AddToken([]byte(big), AnyToken)
+	}
+	if !errors.Is(err, ErrMetadataFull) {
+		t.Fatalf("got %v", err)
+	}
+	if !unlocks(v, "p") || len(v.Metadata().Tokens) != 2 {
+		t.Fatal("volume changed by a failed token add")
+	}
+}

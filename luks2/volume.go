@@ -405,6 +405,9 @@ func (v *Volume) CryptTarget(vk *VolumeKey) (*CryptTarget, error) {
 // by Sync, so at every instant a valid copy holds the old or the new state.
 func (v *Volume) commit(newMeta *metadata, label, subsystem string) error {
 	js := newMeta.encode()
+	if int64(len(js)) >= v.bin.hdrSize-binHeaderSize {
+		return fmt.Errorf("%w: JSON metadata (%d bytes) does not fit the %d-byte JSON area", ErrMetadataFull, len(js), v.bin.hdrSize-binHeaderSize)
+	}
 	// Re-validate what we are about to write: never write what we would not read.
 	m2, err := parseMetadata(js, v.bin.hdrSize)
 	if err != nil {
