@@ -145,13 +145,17 @@ func TestCryptsetupOracle(t *testing.T) {
 			forEachImplementation(t, func(t *testing.T, im *implementation) {
 				c := mustNew(t, key, im)
 				defer c.Close()
-				got := make([]byte, dataSize)
-				c.DecryptSectors(got, ct, sectorSize, 0)
-				if d := firstDiff(got, plain); d >= 0 {
+				n := dataSize
+				if im == generic {
+					n = 1 << 20 // the slow path gets the first MiB: enough, and quick under -race
+				}
+				got := make([]byte, n)
+				c.DecryptSectors(got, ct[:n], sectorSize, 0)
+				if d := firstDiff(got, plain[:n]); d >= 0 {
 					t.Fatalf("decrypted data segment differs from the plaintext at byte %d", d)
 				}
 				c.EncryptSectorsParallel(got, got, sectorSize, 0)
-				if d := firstDiff(got, ct); d >= 0 {
+				if d := firstDiff(got, ct[:n]); d >= 0 {
 					t.Fatalf("re-encrypted plaintext differs from cryptsetup's at byte %d", d)
 				}
 			})

@@ -30,6 +30,7 @@
 package xts
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -180,3 +181,21 @@ func (c *Cipher) Close() {
 	clear(c.ks.enc2[:])
 	c.closed = true
 }
+
+// String hides the key schedule from fmt and loggers.
+func (c *Cipher) String() string { return "xts.Cipher(REDACTED)" }
+
+// GoString hides the key schedule from %#v.
+func (c *Cipher) GoString() string { return c.String() }
+
+// errNoMarshal is what MarshalJSON returns: a Cipher holds key material.
+var errNoMarshal = errors.New("xts: refusing to serialize a Cipher: it holds key material")
+
+// MarshalJSON refuses: a Cipher holds key material.
+func (c *Cipher) MarshalJSON() ([]byte, error) { return nil, errNoMarshal }
+
+var (
+	_ fmt.Stringer   = (*Cipher)(nil)
+	_ fmt.GoStringer = (*Cipher)(nil)
+	_ json.Marshaler = (*Cipher)(nil)
+)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 
 	xxts "golang.org/x/crypto/xts"
@@ -371,4 +372,21 @@ func FuzzImplementations(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestSecretsStayInside(t *testing.T) {
+	key := bytes.Repeat([]byte{0x5a}, 64)
+	c, err := New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v %#v %s", c, c, c, c)} {
+		if strings.Contains(s, "90") || strings.Contains(s, "5a") || strings.Contains(s, "[") {
+			t.Errorf("formatted Cipher shows its contents: %s", s)
+		}
+	}
+	if _, err := json.Marshal(c); err == nil {
+		t.Error("json.Marshal of a Cipher succeeded")
+	}
 }
