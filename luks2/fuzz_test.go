@@ -122,3 +122,13 @@ func FuzzParseMetadata(f *testing.F) {
 		}
 	})
 }
+
+// errorsIsAny reports whether err matches one of targets.
+func errorsIsAny(err error, targets ...error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}

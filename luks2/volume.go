@@ -2,7 +2,6 @@ package luks2
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -201,13 +200,16 @@ type Metadata struct {
 
 // KeyslotInfo describes one keyslot.
 type KeyslotInfo struct {
+	// ID is the keyslot number (0-31).
 	ID int `json:"id"`
 	// Type is "luks2" for usable keyslots.
 	Type string `json:"type"`
 	// KeySize is the size in bytes of the key the slot stores.
-	KeySize  int       `json:"key_size"`
-	Priority Priority  `json:"priority"`
-	KDF      KDFParams `json:"kdf"`
+	KeySize int `json:"key_size"`
+	// Priority is the order in which Unlock tries the keyslot.
+	Priority Priority `json:"priority"`
+	// KDF are the key derivation parameters (the salt is not exposed).
+	KDF KDFParams `json:"kdf"`
 	// AreaOffset and AreaSize locate the keyslot area in bytes.
 	AreaOffset int64 `json:"area_offset"`
 	AreaSize   int64 `json:"area_size"`
@@ -223,9 +225,12 @@ type KeyslotInfo struct {
 
 // TokenInfo describes one token.
 type TokenInfo struct {
-	ID       int    `json:"id"`
-	Type     string `json:"type"`
-	Keyslots []int  `json:"keyslots"`
+	// ID is the token number (0-31).
+	ID int `json:"id"`
+	// Type is the token's "type" member, e.g. "systemd-tpm2" or "clevis".
+	Type string `json:"type"`
+	// Keyslots are the keyslots the token is bound to.
+	Keyslots []int `json:"keyslots"`
 }
 
 // dataSegment returns the id and entry of the data segment (the lowest-id crypt
@@ -481,14 +486,4 @@ func (v *Volume) SetLabel(label, subsystem string) error {
 		return err
 	}
 	return v.commit(v.meta.clone(), label, subsystem)
-}
-
-// errorsIsAny reports whether err matches one of targets.
-func errorsIsAny(err error, targets ...error) bool {
-	for _, t := range targets {
-		if errors.Is(err, t) {
-			return true
-		}
-	}
-	return false
 }
