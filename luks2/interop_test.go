@@ -489,3 +489,67 @@ func TestDefaultSectorSizeLikeCryptsetup(t *testing.T) {
 		v.Close()
 	}
 }
+
+// TestReencryptInProgressIsReadOnly opens a volume cryptsetup left mid-reencryption
+// (mandatory requirement "online-reencrypt-v2", a "reencrypt" keyslot and three
+// segments): readable and unlockable, never written or activated here.
+func TestReencryptInProgressIsReadOnly(t *testing.T) {
+	cs := needCryptsetup(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	img := newImage(t, dir, 20<<20)
+	kf := writeKeyFile(t, dir, []byte("x"))
+	fast := []string{"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"}
+	run(t, nil, cs, append(append([]string{"luksFormat", "--batch-mode", "--type", "luks2", "--key-file", kf}, fast...), img)...)
+	want := dumpVolumeKey(t, cs, img, kf)
+	run(t, nil, cs, append(append([]string{"reencrypt", "--init-only", "--batch-mode", "--key-file", kf}, fast...), img)...)
+	v, err := OpenFile(img, ReadWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	md := v.Metadata()
+	if !md.ReadOnly || len(md.Requirements) != 1 || md.Requirements[0] != "online-reencrypt-v2" {
+		t.Fatalf("%+v", md)
+	}
+	vk, err := v.UnlockKeyslot(ctx, 0, []byte("x"))
+	if err != nil || !bytes.Equal(vk.Bytes(), want) {
+		t.Fatalf("unlock: %v", err)
+	}
+	if _, err := v.CryptTarget(vk); !errors.Is(err, ErrUnsupportedRequirement) {
+		t.Fatalf("activation allowed: %v", err)
+	}
+	if _, err := v.AddToken([]byte(`{"type":"t","keyslots":[]}`), AnyToken); !errors.Is(err, ErrUnsupportedRequirement) {
+		t.Fatalf("write allowed: %v", err)
+	}
+}
+
+// TestCryptsetupLargeMetadataSecondaryScan damages the primary header of a cryptsetup
+// volume with 256 KiB metadata: the secondary is found by scanning the spec's offsets.
+func TestCryptsetupLargeMetadataSecondaryScan(t *testing.T) {
+	cs := needCryptsetup(t)
+	dir := t.TempDir()
+	img := newImage(t, dir, 24<<20)
+	kf := writeKeyFile(t, dir, []byte("x"))
+	run(t, nil, cs, "luksFormat", "--batch-mode", "--type", "luks2", "--luks2-metadata-size", "256k", "--luks2-keyslots-size", "4m",
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", kf, img)
+	want := dumpVolumeKey(t, cs, img, kf)
+	corrupt(t, img, 0) // magic
+	v, err := OpenFile(img, ReadWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := v.Metadata()
+	if md.HeaderSize != 256<<10 || md.PrimaryValid || !md.SecondaryValid {
+		t.Fatalf("%+v", md)
+	}
+	vk, _, err := v.Unlock(context.Background(), []byte("x"))
+	if err != nil || !bytes.Equal(vk.Bytes(), want) {
+		t.Fatalf("unlock: %v", err)
+	}
+	if err := v.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	run(t, nil, cs, "open", "--test-passphrase", "--key-file", kf, img)
+}
