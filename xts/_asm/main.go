@@ -89,8 +89,8 @@ func mulXbytes(n int, t, poly, a VecPhysical) {
 // four vector registers of blocks in flight.
 //
 // Registers: V0-V3 tweaks, V4-V7 data, V8-V11 last round key ^ tweak, V12 a
-// temporary, X13 the next sector's tweak, V16 round key 0, V17-V29 round keys 1-13, V30 the last round key, V31
-// the reduction constant.
+// temporary, X13 the next sector's tweak, V16 round key 0, V17-V29 round keys 1-13,
+// V30 the last round key, V31 the reduction constant.
 func vaes(enc bool, lanes int) {
 	var name, aesop, aeslast string
 	regs := zmm
@@ -239,7 +239,7 @@ func vaes(enc bool, lanes int) {
 // memory, the eight tweaks of an iteration kept on the stack.
 //
 // Registers: X0-X7 data, X8 round key, X9 running tweak, X10 temporary, X11 the mask
-// {0x87, 1} for multiplying by x.
+// {0x87, 1} for multiplying by x, X12 the next sector's tweak, X13 its round key.
 func aesni(enc bool) {
 	name, aesop, aeslast := "xtsEncAESNI", AESENC, AESENCLAST
 	if !enc {
@@ -276,59 +276,86 @@ func aesni(enc bool) {
 
 	key := X8
 	tw := X9
+	next, key2 := X12, X13 // the next sector's tweak and its round key
+
+	tweakStart := func() {
+		MOVQ(sector, next)
+		MOVOU(Mem{Base: k2}, key2)
+		PXOR(key2, next)
+	}
+	tweakRound := func(r int) {
+		MOVOU(Mem{Base: k2, Disp: 16 * r}, key2)
+		AESENC(key2, next)
+	}
+	tweakLast := func() {
+		MOVOU(Mem{Base: last2}, key2)
+		AESENCLAST(key2, next)
+	}
+
+	// iteration emits 8 blocks; extra and extraLast as in vaes.
+	iteration := func(extra func(r int), extraLast func()) {
+		for j := range 8 {
+			MOVOU(tw, saved.Offset(16*j))
+			MOVOU(Mem{Base: src, Disp: 16 * j}, xmm[j])
+			PXOR(tw, xmm[j])
+			// tw *= x: double both quadwords, then add the carry out of the low
+			// quadword to the high one and reduce the carry out of the high one.
+			MOVOU(tw, X10)
+			PSRAL(Imm(31), X10)
+			PSHUFD(Imm(0x13), X10, X10)
+			PAND(X11, X10)
+			PADDQ(tw, tw)
+			PXOR(X10, tw)
+		}
+		MOVOU(Mem{Base: k1}, key)
+		for j := range 8 {
+			PXOR(key, xmm[j])
+		}
+		aesRounds(rounds, func(r int) {
+			MOVOU(Mem{Base: k1, Disp: 16 * r}, key)
+			for j := range 8 {
+				aesop(key, xmm[j])
+			}
+			if extra != nil {
+				extra(r)
+			}
+		})
+		MOVOU(Mem{Base: last1}, key)
+		for j := range 8 {
+			aeslast(key, xmm[j])
+		}
+		if extraLast != nil {
+			extraLast()
+		}
+		for j := range 8 {
+			MOVOU(saved.Offset(16*j), key)
+			PXOR(key, xmm[j])
+			MOVOU(xmm[j], Mem{Base: dst, Disp: 16 * j})
+		}
+		ADDQ(Imm(128), src)
+		ADDQ(Imm(128), dst)
+		SUBQ(Imm(128), inner)
+	}
+
+	// The first sector's tweak, alone.
+	tweakStart()
+	aesRounds(rounds, tweakRound)
+	tweakLast()
+
 	sectorLoop := label("sector")
 	Label(sectorLoop)
-	MOVQ(sector, tw)
-	MOVOU(Mem{Base: k2}, key)
-	PXOR(key, tw)
-	aesRounds(rounds, func(r int) {
-		MOVOU(Mem{Base: k2, Disp: 16 * r}, key)
-		AESENC(key, tw)
-	})
-	MOVOU(Mem{Base: last2}, key)
-	AESENCLAST(key, tw)
-
+	MOVOU(next, tw)
+	// The first iteration also encrypts the next sector's tweak; every sector has
+	// at least four iterations, so the loop below runs at least once.
+	ADDQ(step, sector)
+	tweakStart()
 	MOVQ(sectorSize, inner)
+	iteration(tweakRound, tweakLast)
 	blockLoop := label("blocks")
 	Label(blockLoop)
-	for j := range 8 {
-		MOVOU(tw, saved.Offset(16*j))
-		MOVOU(Mem{Base: src, Disp: 16 * j}, xmm[j])
-		PXOR(tw, xmm[j])
-		// tw *= x: double both quadwords, then add the carry out of the low
-		// quadword to the high one and reduce the carry out of the high one.
-		MOVOU(tw, X10)
-		PSRAL(Imm(31), X10)
-		PSHUFD(Imm(0x13), X10, X10)
-		PAND(X11, X10)
-		PADDQ(tw, tw)
-		PXOR(X10, tw)
-	}
-	MOVOU(Mem{Base: k1}, key)
-	for j := range 8 {
-		PXOR(key, xmm[j])
-	}
-	aesRounds(rounds, func(r int) {
-		MOVOU(Mem{Base: k1, Disp: 16 * r}, key)
-		for j := range 8 {
-			aesop(key, xmm[j])
-		}
-	})
-	MOVOU(Mem{Base: last1}, key)
-	for j := range 8 {
-		aeslast(key, xmm[j])
-	}
-	for j := range 8 {
-		MOVOU(saved.Offset(16*j), key)
-		PXOR(key, xmm[j])
-		MOVOU(xmm[j], Mem{Base: dst, Disp: 16 * j})
-	}
-	ADDQ(Imm(128), src)
-	ADDQ(Imm(128), dst)
-	SUBQ(Imm(128), inner)
+	iteration(nil, nil)
 	JNZ(LabelRef(blockLoop))
 
-	ADDQ(step, sector)
 	SUBQ(sectorSize, length)
 	JNZ(LabelRef(sectorLoop))
 	// Leave no round key, tweak or data behind in registers or on the stack.
