@@ -122,6 +122,12 @@ type memDev struct {
 	written int64
 	crashed bool
 	bounds  []int64 // cumulative byte counts at each write's start
+	writes  []writeRec // every write attempted: device offset and length
+}
+
+type writeRec struct {
+	off int64
+	n   int
 }
 
 type pendingWrite struct {
@@ -156,6 +162,7 @@ func (d *memDev) WriteAt(p []byte, off int64) (int, error) {
 		return 0, errors.New("write beyond device")
 	}
 	d.bounds = append(d.bounds, d.written)
+	d.writes = append(d.writes, writeRec{off, len(p)})
 	n := int64(len(p))
 	if d.budget >= 0 && d.written+n > d.budget {
 		n = d.budget - d.written

@@ -1,0 +1,5 @@
+//go:build !race
+
+package luks2
+
+const raceEnabled = false
