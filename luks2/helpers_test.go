@@ -121,7 +121,7 @@ type memDev struct {
 	budget  int64 // -1: unlimited
 	written int64
 	crashed bool
-	bounds  []int64 // cumulative byte counts at each write's start
+	bounds  []int64    // cumulative byte counts at each write's start
 	writes  []writeRec // every write attempted: device offset and length
 }
 

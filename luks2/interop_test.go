@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	luksgo "github.com/anatol/luks.go"
 )
@@ -209,6 +210,16 @@ func TestDefaultParameters(t *testing.T) {
 		t.Errorf("defaults %+v", md)
 	}
 	t.Logf("default KDF on this machine: %+v", k)
+	v, err = OpenFile(img, ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if k2, _, err := v.Unlock(ctx, pass); err != nil || !k2.Equal(vk) {
+		t.Fatalf("unlock: %v", err)
+	}
+	t.Logf("unlock took %v (target %v)", time.Since(start), DefaultIterTime)
+	v.Close()
 	run(t, nil, cs, "open", "--test-passphrase", "--key-file", writeKeyFile(t, dir, pass), img)
 }
 

@@ -282,32 +282,40 @@ func benchPBKDF2(ctx context.Context, nh func() hash.Hash, target time.Duration)
 	}
 }
 
-// benchArgon2 measures one pass over a modest memory size and extrapolates, as
-// Argon2's cost is linear in time × memory. Memory stays at maxMem unless even the
-// minimum time cost (4) would exceed the target.
+// benchArgon2 measures Argon2 at a modest memory size with time costs 1 and 3 and
+// fits cost = memory * (alloc + pass*time): filling fresh memory costs more than a
+// pass over it. Memory stays at maxMem unless even the minimum time cost (4) would
+// exceed the target; then memory shrinks (not below 32 MiB), as in cryptsetup.
 func benchArgon2(ctx context.Context, typ string, maxMem, par int, target time.Duration) (int, int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, 0, err
-	}
 	m0 := min(maxMem, 64<<10)
 	pw := []byte("diskcryptd argon2 benchmark")
-	p := KDFParams{Type: typ, Time: 1, MemoryKiB: m0, Parallel: par}
-	start := time.Now()
-	k, err := deriveKeyCtx(ctx, p, pw, benchSalt, 32)
+	measure := func(t int) (float64, error) {
+		p := KDFParams{Type: typ, Time: t, MemoryKiB: m0, Parallel: par}
+		start := time.Now()
+		k, err := deriveKeyCtx(ctx, p, pw, benchSalt, 32)
+		if err != nil {
+			return 0, err
+		}
+		wipe(k)
+		return float64(time.Since(start)) / float64(m0), nil // ns per KiB
+	}
+	c1, err := measure(1)
 	if err != nil {
 		return 0, 0, err
 	}
-	wipe(k)
-	d := time.Since(start)
-	perKiB := float64(d) / float64(m0) // ns per KiB per pass
-	if perKiB <= 0 {
-		perKiB = 1
+	c3, err := measure(3)
+	if err != nil {
+		return 0, 0, err
 	}
-	if float64(minArgon2Time)*float64(maxMem)*perKiB <= float64(target) {
-		t := int(float64(target) / (float64(maxMem) * perKiB))
+	pass := max((c3-c1)/2, 0.01)
+	alloc := max(c1-pass, 0)
+	cost := func(t, m int) float64 { return float64(m) * (alloc + pass*float64(t)) }
+	tgt := float64(target)
+	if cost(minArgon2Time, maxMem) <= tgt {
+		t := int((tgt/float64(maxMem) - alloc) / pass)
 		return max(minArgon2Time, min(t, maxArgonTime)), maxMem, nil
 	}
-	m := int(float64(target) / (float64(minArgon2Time) * perKiB))
+	m := int(tgt / (alloc + pass*minArgon2Time))
 	m = max(min(minArgon2MemoryKiB, maxMem), min(m, maxMem))
 	return minArgon2Time, m, nil
 }
