@@ -113,7 +113,7 @@ func Format(ctx context.Context, dev Device, size int64, passphrase []byte, opts
 	if o.DataOffset%4096 != 0 || o.DataOffset < 2*o.HeaderSize+4096 {
 		return nil, nil, fmt.Errorf("%w: data offset %d", ErrUnsupported, o.DataOffset)
 	}
-	if size < o.DataOffset+4096 && size < o.DataOffset+512 {
+	if size < o.DataOffset+512 {
 		return nil, nil, fmt.Errorf("%w: %d bytes, need more than the %d-byte data offset", ErrDeviceTooSmall, size, o.DataOffset)
 	}
 	switch o.SectorSize {
@@ -167,7 +167,7 @@ func Format(ctx context.Context, dev Device, size int64, passphrase []byte, opts
 	if err != nil {
 		return nil, nil, err
 	}
-	ksOpts := &KeyslotOptions{Priority: o.Keyslot.Priority, KDF: KDFOptions{Type: kp.Type, Hash: kp.Hash, Iterations: kp.Iterations + kp.Time, MemoryKiB: kp.MemoryKiB, Parallel: kp.Parallel}}
+	ksOpts := &KeyslotOptions{Priority: o.Keyslot.Priority, KDF: kp.options()}
 
 	var vk *VolumeKey
 	if o.VolumeKey != nil {

@@ -81,6 +81,14 @@ type KDFParams struct {
 	Parallel int `json:"parallel,omitempty"`
 }
 
+// options returns KDFOptions that resolve to exactly p, without a benchmark.
+func (p KDFParams) options() KDFOptions {
+	if p.Type == KDFPBKDF2 {
+		return KDFOptions{Type: p.Type, Hash: p.Hash, Iterations: p.Iterations}
+	}
+	return KDFOptions{Type: p.Type, Iterations: p.Time, MemoryKiB: p.MemoryKiB, Parallel: p.Parallel}
+}
+
 // pbkdf2Key is PBKDF2 (RFC 8018 §5.2) with HMAC over h. Unlike crypto/pbkdf2 it takes
 // the password as bytes, so that callers can wipe it.
 func pbkdf2Key(h func() hash.Hash, password, salt []byte, iter, keyLen int) []byte {
