@@ -221,6 +221,20 @@ func TestCryptTarget(t *testing.T) {
 	if _, err := v.CryptTarget(NewVolumeKey(make([]byte, 32))); !errors.Is(err, ErrWrongVolumeKey) {
 		t.Fatal(err)
 	}
+	// A segment with dm-integrity is never activated here.
+	n := v.meta.clone()
+	id, seg := n.dataSegment()
+	raw, err := setMember(seg.raw, "integrity", []byte(`{"type":"hmac(sha256)","journal_encryption":"none","journal_integrity":"none"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.segments[id] = &segmentEntry{raw: raw}
+	if err := v.commit(n, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.CryptTarget(vk); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("integrity segment: %v", err)
+	}
 }
 
 func TestFormatOptions(t *testing.T) {

@@ -107,6 +107,9 @@ type jsonSegment struct {
 	Encryption string   `json:"encryption,omitempty"`
 	SectorSize int      `json:"sector_size,omitempty"`
 	Flags      []string `json:"flags,omitempty"`
+	// Integrity is present on authenticated-encryption volumes (§3.4), which this
+	// package can read but not activate.
+	Integrity json.RawMessage `json:"integrity,omitempty"`
 }
 
 // jsonDigest is a digest object (§3.8, type pbkdf2).

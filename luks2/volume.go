@@ -399,6 +399,12 @@ func (v *Volume) CryptTarget(vk *VolumeKey) (*CryptTarget, error) {
 	if md.Cipher == "" {
 		return nil, fmt.Errorf("%w: no crypt segment", ErrInvalidMetadata)
 	}
+	v.mu.Lock()
+	_, seg := v.meta.dataSegment()
+	v.mu.Unlock()
+	if len(seg.sg.Integrity) > 0 {
+		return nil, fmt.Errorf("%w: data segment uses dm-integrity (authenticated encryption); activate it with cryptsetup", ErrUnsupported)
+	}
 	return &CryptTarget{
 		Cipher: md.Cipher, Key: NewVolumeKey(vk.Bytes()), IVOffset: md.IVTweak,
 		Offset: md.DataOffset, Size: md.DataSize, SectorSize: md.SectorSize, Flags: md.Flags,
