@@ -177,6 +177,9 @@ func TestKeyslotsTokensHeader(t *testing.T) {
 		t.Fatalf("our export of cryptsetup's token: %s", out)
 	}
 	mustCLI(t, "", nil, "keyslot", "remove", "--slot", "3", img)
+	if r := cli(t, "", nil, "keyslot", "remove", "--slot", "0", img); r.code != exitUsage || !strings.Contains(r.stderr, "last") {
+		t.Fatalf("removing the last keyslot without --force: %+v", r)
+	}
 	if r := cli(t, "", nil, "unlock", "--test", "--key-file", key2, img); r.code != exitPermission {
 		t.Fatalf("removed keyslot still opens: %+v", r)
 	}

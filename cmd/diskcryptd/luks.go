@@ -208,9 +208,10 @@ func parsePriority(s string) (luks2.Priority, error) {
 }
 
 func keyslotRemove(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "keyslot remove", "--slot N DEVICE")
+	f := newFlags(e, "keyslot remove", "--slot N [--force] DEVICE")
 	slot := f.Int("slot", -1, "keyslot to remove")
 	f.IntVar(slot, "key-slot", -1, "alias of --slot")
+	force := f.Bool("force", false, "remove even the last keyslot (the data becomes unrecoverable)")
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err
@@ -223,6 +224,9 @@ func keyslotRemove(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer v.Close()
+	if ks := v.Metadata().Keyslots; len(ks) == 1 && ks[0].ID == *slot && !*force {
+		return usageErrorf("keyslot %d is the last one: removing it makes the data unrecoverable; add --force if that is what you want (diskcryptd erase does it for every keyslot)", *slot)
+	}
 	if err := v.RemoveKeyslot(ctx, *slot); err != nil {
 		return err
 	}
