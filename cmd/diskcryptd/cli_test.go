@@ -311,3 +311,31 @@ func TestCanaryNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+// TestSystemdUnsealsOurEnrolment: a volume formatted and enrolled by this command line
+// is unsealed by systemd-cryptsetup 252 through its own TPM2 token code. The host has
+// no device-mapper, so systemd fails only after the keyslot accepted the unsealed key
+// ("Failed to activate with TPM2 acquired key: Operation not supported"; a wrong key is
+// EPERM, a TPM failure "TPM2 operation failed").
+func TestSystemdUnsealsOurEnrolment(t *testing.T) {
+	sdc := "/lib/systemd/systemd-cryptsetup"
+	if _, err := os.Stat(sdc); err != nil {
+		tpmtest.RequirePeer(t, "systemd-cryptsetup")
+		sdc = "systemd-cryptsetup"
+	}
+	spec := tpmtest.StartSwtpm(t)
+	dir := t.TempDir()
+	img := newImage(t, dir, 40)
+	key := writeSecret(t, dir, "key", "pw")
+	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+	mustCLI(t, "", nil, "enroll", "tpm2", "--key-file", key, "--tpm2-device", spec, "--tpm2-pcrs", "7", img)
+	// Only the TPM2 keyslot may open it: drop the passphrase.
+	mustCLI(t, "", nil, "keyslot", "remove", "--slot", "0", img)
+	cmd := exec.Command(sdc, "attach", "diskcryptd-cli", img, "-", "tpm2-device="+spec+",headless=true")
+	out, _ := cmd.CombinedOutput()
+	t.Logf("systemd-cryptsetup said:\n%s", out)
+	if bytes.Contains(out, []byte("TPM2 operation failed")) || bytes.Contains(out, []byte("Failed to unseal")) ||
+		!bytes.Contains(out, []byte("Failed to activate with TPM2 acquired key: Operation not supported")) {
+		t.Fatalf("systemd-cryptsetup did not unlock the keyslot with our TPM2 token:\n%s", out)
+	}
+}
