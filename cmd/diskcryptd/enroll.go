@@ -42,7 +42,7 @@ func cmdEnroll(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer clear(existing)
-	v, err := openVolume(pos[0], luks2.ReadWrite)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)
 	if err != nil {
 		return err
 	}

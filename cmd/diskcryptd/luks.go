@@ -14,15 +14,6 @@ import (
 	"github.com/diskcryptd/diskcryptd/luks2"
 )
 
-// openVolume opens DEVICE for reading or changes.
-func openVolume(path string, mode luks2.Mode) (*luks2.Volume, error) {
-	v, err := luks2.OpenFile(path, mode)
-	if err != nil {
-		return nil, err
-	}
-	return v, nil
-}
-
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -39,7 +30,7 @@ func cmdDump(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	v, err := openVolume(pos[0], luks2.ReadOnly)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadOnly)
 	if err != nil {
 		return err
 	}
@@ -181,7 +172,7 @@ func keyslotAdd(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer clear(nk)
-	v, err := openVolume(pos[0], luks2.ReadWrite)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)
 	if err != nil {
 		return err
 	}
@@ -219,7 +210,7 @@ func keyslotRemove(ctx context.Context, e *env, args []string) error {
 	if *slot < 0 {
 		return usageErrorf("which keyslot? pass --slot N (see diskcryptd keyslot list)")
 	}
-	v, err := openVolume(pos[0], luks2.ReadWrite)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)
 	if err != nil {
 		return err
 	}
@@ -242,7 +233,7 @@ func keyslotList(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	v, err := openVolume(pos[0], luks2.ReadOnly)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadOnly)
 	if err != nil {
 		return err
 	}
@@ -289,7 +280,7 @@ func cmdToken(ctx context.Context, e *env, args []string) error {
 	if sub == "import" || sub == "remove" {
 		mode = luks2.ReadWrite
 	}
-	v, err := openVolume(pos[0], mode)
+	v, err := luks2.OpenFile(pos[0], mode)
 	if err != nil {
 		return err
 	}

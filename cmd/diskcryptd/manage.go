@@ -63,7 +63,7 @@ func cmdHeader(_ context.Context, e *env, args []string) error {
 		return usageErrorf("pass --header-backup-file FILE")
 	}
 	if sub == "backup" {
-		v, err := openVolume(pos[0], luks2.ReadOnly)
+		v, err := luks2.OpenFile(pos[0], luks2.ReadOnly)
 		if err != nil {
 			return err
 		}
@@ -87,7 +87,7 @@ func cmdRepair(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	v, err := openVolume(pos[0], luks2.ReadWrite)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,7 @@ func cmdErase(ctx context.Context, e *env, args []string) error {
 	if !*batch {
 		return usageErrorf("erase destroys every keyslot and makes the data unreadable forever; confirm with --batch-mode (-q)")
 	}
-	v, err := openVolume(pos[0], luks2.ReadWrite)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)
 	if err != nil {
 		return err
 	}

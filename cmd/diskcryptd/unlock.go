@@ -51,7 +51,7 @@ func cmdUnlock(ctx context.Context, e *env, args []string) error {
 	if !u.test && len(pos) != 2 {
 		return usageErrorf("a mapping name is needed: diskcryptd unlock DEVICE NAME (or --test)")
 	}
-	v, err := openVolume(pos[0], luks2.ReadOnly)
+	v, err := luks2.OpenFile(pos[0], luks2.ReadOnly)
 	if err != nil {
 		return err
 	}
