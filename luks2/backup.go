@@ -21,14 +21,7 @@ func (v *Volume) Backup(w io.Writer) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	js := v.meta.encode()
-	p, s := v.bin, v.bin
-	p.secondary, p.hdrOffset, p.salt = false, 0, v.saltP
-	s.secondary, s.hdrOffset, s.salt = true, v.bin.hdrSize, v.saltS
-	pb, err := encodeCopy(&p, js)
-	if err != nil {
-		return err
-	}
-	sb, err := encodeCopy(&s, js)
+	_, _, pb, sb, err := v.encodeCopies(v.bin, js)
 	if err != nil {
 		return err
 	}

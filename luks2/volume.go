@@ -435,14 +435,7 @@ func (v *Volume) commit(newMeta *metadata, label, subsystem string) error {
 		seq = v.st.secondary.bin.seqid
 	}
 	bh.seqid = seq + 1
-	p, s := bh, bh
-	p.secondary, p.hdrOffset, p.salt = false, 0, v.saltP
-	s.secondary, s.hdrOffset, s.salt = true, bh.hdrSize, v.saltS
-	pb, err := encodeCopy(&p, js)
-	if err != nil {
-		return err
-	}
-	sb, err := encodeCopy(&s, js)
+	p, s, pb, sb, err := v.encodeCopies(bh, js)
 	if err != nil {
 		return err
 	}
@@ -473,6 +466,19 @@ func (v *Volume) commit(newMeta *metadata, label, subsystem string) error {
 	v.st = &headerState{primary: pc, secondary: sc, best: pc}
 	v.meta, v.bin = m2, p
 	return nil
+}
+
+// encodeCopies encodes the primary and secondary header copies of bh with the JSON
+// area js, each with its own offset and salt.
+func (v *Volume) encodeCopies(bh binHeader, js []byte) (p, s binHeader, pb, sb []byte, err error) {
+	p, s = bh, bh
+	p.secondary, p.hdrOffset, p.salt = false, 0, v.saltP
+	s.secondary, s.hdrOffset, s.salt = true, bh.hdrSize, v.saltS
+	if pb, err = encodeCopy(&p, js); err != nil {
+		return
+	}
+	sb, err = encodeCopy(&s, js)
+	return
 }
 
 // reloadAfterFailure re-reads the headers after a failed write so that the Volume
