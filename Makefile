@@ -5,7 +5,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 export CGO_ENABLED ?= 0
 
-.PHONY: all build static test unit race purego fuzz vmtest bench bench-xts lint generate demo clean
+.PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts lint generate demo clean
 
 all: build
 
@@ -17,8 +17,12 @@ static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN) ./cmd/diskcryptd
 
 # The one command CI and the README run: lint, unit and peer tests (race), the purego
-# build, short fuzzing, and the VM scenarios.
-test: lint race purego fuzz vmtest
+# build, short fuzzing, and the VM scenarios. It first installs the Debian packages the
+# tests talk to (contrib/ci/packages.txt), as root; otherwise it prints the command.
+test: peers lint race purego fuzz vmtest
+
+peers:
+	./contrib/install-peers.sh
 
 unit:
 	$(GO) test $(PKGS)
@@ -29,12 +33,9 @@ race:
 purego:
 	$(GO) test -tags purego ./xts/... ./luks2/...
 
+# Every FuzzXxx for FUZZTIME each; fails if a target did not actually fuzz.
 fuzz:
-	@for hit in $$(grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | grep -v '/_' | sed 's/:func /:/'); do \
-		pkg=$$(dirname $${hit%%:*}); name=$${hit##*:}; \
-		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
-		$(GO) test -run '^$$$$' -fuzz "^$$name$$$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
-	done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./contrib/ci/fuzz.sh
 
 vmtest: static
 	$(GO) test -timeout 40m ./vmtests/ -vm -v
