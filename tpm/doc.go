@@ -26,6 +26,13 @@
 // Unseal returns it encrypted (encrypt attribute) through a separate salted HMAC
 // session, Part 1, 21 "Session-based encryption".
 //
+// A PIN never crosses the bus, in the clear or hashed: the policy session that
+// authorizes Unseal runs TPM2_PolicyAuthValue and proves knowledge of the authValue
+// with an HMAC keyed by sessionKey || authValue (Part 1, 19.6). That session is this
+// package's own (session.go), because go-tpm v0.9.8 truncates an authValue at its
+// first zero byte when it keys that HMAC; TPM2_PolicyPassword, which would send the
+// authValue as a cleartext password, is never used.
+//
 // # Errors
 //
 // A PCR policy that no longer matches is ErrPolicyMismatch; a wrong PIN is ErrBadPIN;

@@ -75,7 +75,9 @@ func TestInteropSystemdEnrollsWeUnseal(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		pin  string
-	}{{"no pin", ""}, {"pin", "1234"}} {
+	}{{"no pin", ""}, {"pin", "1234"},
+		// SHA-256 of these PINs has an inner zero byte (TestInnerZeroPINsAreWhatTheyClaim).
+		{"inner-zero pin 8", "8"}, {"inner-zero pin 19", "19"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tpmtest.StartSwtpm(t)
 			img, key := image(t)
@@ -124,7 +126,7 @@ func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		pin  string
-	}{{"no pin", ""}, {"pin", "4321"}} {
+	}{{"no pin", ""}, {"pin", "4321"}, {"inner-zero pin 8", "8"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tpmtest.StartSwtpm(t)
 			img, key := image(t)

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -57,9 +56,10 @@ func (p Policy) bank() tpm2.TPMIAlgHash {
 	return p.Bank
 }
 
-// run executes the policy commands in session h. auth is used only to decide between
-// PolicyAuthValue and PolicyPassword (same digest, Part 3, 23.18).
-func (p Policy) run(t transport.TPM, h tpm2.TPMHandle, password bool) error {
+// run executes the policy commands in session h. In a real (not trial) session
+// PolicyAuthValue is run by the caller through policySession.policyAuthValue, so
+// the session knows to include the authValue in its HMAC.
+func (p Policy) run(t transport.TPM, h tpm2.TPMHandle, authValue bool) error {
 	if len(p.PCRs) > 0 {
 		sel, err := pcrSelection(p.bank(), p.PCRs)
 		if err != nil {
@@ -69,14 +69,8 @@ func (p Policy) run(t transport.TPM, h tpm2.TPMHandle, password bool) error {
 			return classify("policy pcr", err)
 		}
 	}
-	if p.PIN {
-		var err error
-		if password {
-			err = policyPassword(t, h)
-		} else {
-			_, err = (tpm2.PolicyAuthValue{PolicySession: h}).Execute(t)
-		}
-		if err != nil {
+	if p.PIN && authValue {
+		if _, err := (tpm2.PolicyAuthValue{PolicySession: h}).Execute(t); err != nil {
 			return classify("policy auth value", err)
 		}
 	}
@@ -91,7 +85,7 @@ func (p Policy) Digest(ctx context.Context, t transport.TPM) ([]byte, error) {
 		return nil, fmt.Errorf("tpm: start trial session: %w", err)
 	}
 	defer func() { _ = closeSess() }()
-	if err := p.run(tc, sess.Handle(), false); err != nil {
+	if err := p.run(tc, sess.Handle(), true); err != nil {
 		return nil, err
 	}
 	rsp, err := (tpm2.PolicyGetDigest{PolicySession: sess.Handle()}).Execute(tc)
@@ -222,27 +216,21 @@ func Unseal(ctx context.Context, t transport.TPM, parent *Key, s *Sealed, authVa
 		return unsealWithAuth(tc, parent, load, authValue)
 	}
 
-	// The TPM stores authValue without trailing zeros (Part 1, 19.6.5). go-tpm v0.9.8
-	// truncates an HMAC key at its first zero byte, so an authValue with an inner
-	// zero byte is presented as a password instead (PolicyPassword has the same
-	// digest as PolicyAuthValue); the secret is still encrypted on the bus.
-	auth := bytes.TrimRight(authValue, "\x00")
-	password := bytes.IndexByte(auth, 0) >= 0
-	opts := []tpm2.AuthOption{tpm2.Salted(parent.Handle, parent.Public)}
-	if s.Policy.PIN {
-		if password {
-			opts = append(opts, tpm2.Password(auth))
-		} else {
-			opts = append(opts, tpm2.Auth(auth))
-		}
-	}
-	sess, closeSess, err := tpm2.PolicySession(tc, tpm2.TPMAlgSHA256, 16, opts...)
+	// The policy session is this package's own (session.go): it is salted with
+	// parent and computes the HMAC over the authValue correctly, so the PIN's
+	// authValue never crosses the bus, in any form.
+	sess, err := startPolicySession(tc, parent)
 	if err != nil {
-		return nil, fmt.Errorf("tpm: start policy session: %w", err)
-	}
-	defer func() { _ = closeSess() }()
-	if err := s.Policy.run(tc, sess.Handle(), password); err != nil {
 		return nil, err
+	}
+	defer sess.flush(t)
+	if err := s.Policy.run(tc, sess.Handle(), false); err != nil {
+		return nil, err
+	}
+	if s.Policy.PIN {
+		if err := sess.policyAuthValue(tc, authValue); err != nil {
+			return nil, classify("policy auth value", err)
+		}
 	}
 	got, err := (tpm2.PolicyGetDigest{PolicySession: sess.Handle()}).Execute(tc)
 	if err != nil {
@@ -278,27 +266,6 @@ func NewSecret() ([]byte, error) {
 // wipe zeroes b.
 func wipe(b []byte) {
 	clear(b)
-}
-
-// policyPassword runs TPM2_PolicyPassword (Part 3, 23.18), which go-tpm v0.9.8 lacks:
-// a command with one handle, no sessions and no parameters.
-func policyPassword(t transport.TPM, h tpm2.TPMHandle) error {
-	cmd := make([]byte, 14)
-	binary.BigEndian.PutUint16(cmd[0:], uint16(tpm2.TPMSTNoSessions))
-	binary.BigEndian.PutUint32(cmd[2:], 14)
-	binary.BigEndian.PutUint32(cmd[6:], 0x0000016C)
-	binary.BigEndian.PutUint32(cmd[10:], uint32(h))
-	rsp, err := t.Send(cmd)
-	if err != nil {
-		return err
-	}
-	if len(rsp) < 10 {
-		return errors.New("tpm: short response to PolicyPassword")
-	}
-	if rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:])); rc != tpm2.TPMRCSuccess {
-		return rc
-	}
-	return nil
 }
 
 // unsealWithAuth unseals an object without a policy (clevis without pcr_ids) through a
