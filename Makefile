@@ -5,6 +5,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 export CGO_ENABLED ?= 0
 
+.PHONY: deb
 .PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts lint generate demo clean
 
 all: build
@@ -56,6 +57,15 @@ generate:
 
 demo: static
 	./contrib/demo.sh
+
+# The Debian package (offline, dpkg-deb only): bin/diskcryptd_VERSION_amd64.deb with the
+# static binary, the unit, the example configs, the initramfs-tools and dracut
+# integrations and diskcryptd(8). See contrib/debian/build-deb.sh.
+DEB_VERSION ?= 0.1.0+git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+DEB       := bin/diskcryptd_$(DEB_VERSION)_amd64.deb
+deb:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(DEB_VERSION)' -o bin/deb/diskcryptd ./cmd/diskcryptd
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) ./contrib/debian/build-deb.sh bin/deb/diskcryptd $(DEB_VERSION) $(DEB)
 
 clean:
 	rm -rf bin vmtests/.cache
