@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -104,6 +105,12 @@ func FuzzParseMetadata(f *testing.F) {
 		f.Add(js)
 	}
 	f.Add([]byte(`{"keyslots":{},"tokens":{},"segments":{},"digests":{},"config":{}}`))
+	// Metadata that json-c and encoding/json would read differently (duplicate and
+	// case-variant members), which the parser must refuse.
+	orig := cryptsetupJSON(f)
+	for _, e := range ambiguousJSONEdits {
+		f.Add([]byte(strings.Replace(orig, e.old, e.new, 1)))
+	}
 	f.Fuzz(func(t *testing.T, js []byte) {
 		m, err := parseMetadata(js, DefaultHeaderSize)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // Limits of the JSON metadata (§3.3). Ids of keyslots and tokens are 0–31 as in
@@ -267,6 +268,9 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 	if len(js) == 0 || int64(len(js)) > hdrSize-binHeaderSize {
 		return nil, invalid("JSON area size")
 	}
+	if err := checkNoDuplicateKeys(js); err != nil {
+		return nil, invalid("JSON metadata: %v", err)
+	}
 	var top map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(js))
 	if err := dec.Decode(&top); err != nil || top == nil {
@@ -291,6 +295,11 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 		switch k {
 		case "keyslots", "tokens", "segments", "digests", "config":
 		default:
+			for _, sec := range []string{"keyslots", "tokens", "segments", "digests", "config"} {
+				if strings.EqualFold(k, sec) {
+					return nil, invalid("member %q is not %q: names are case-sensitive", k, sec)
+				}
+			}
 			var c bytes.Buffer
 			if err := json.Compact(&c, v); err != nil {
 				return nil, invalid("member %q", k)
@@ -307,7 +316,7 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 		return nil, invalid("config")
 	}
 	m.rawCfg = cfg.Bytes()
-	if err := json.Unmarshal(m.rawCfg, &m.config); err != nil {
+	if err := decodeStrict(m.rawCfg, &m.config); err != nil {
 		return nil, invalid("config: %v", err)
 	}
 	if int64(m.config.JSONSize) != hdrSize-binHeaderSize {
@@ -332,7 +341,7 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 	}
 	for id, raw := range segs {
 		e := &segmentEntry{raw: raw}
-		if err := json.Unmarshal(raw, &e.sg); err != nil {
+		if err := decodeStrict(raw, &e.sg); err != nil {
 			return nil, invalid("segment %d: %v", id, err)
 		}
 		sg := &e.sg
@@ -387,7 +396,7 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 	var spans []span
 	for id, raw := range kss {
 		e := &keyslotEntry{raw: raw}
-		if err := json.Unmarshal(raw, &e.ks); err != nil {
+		if err := decodeStrict(raw, &e.ks); err != nil {
 			return nil, invalid("keyslot %d: %v", id, err)
 		}
 		ks := &e.ks
@@ -438,7 +447,7 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 	}
 	for id, raw := range dgs {
 		e := &digestEntry{raw: raw}
-		if err := json.Unmarshal(raw, &e.dg); err != nil {
+		if err := decodeStrict(raw, &e.dg); err != nil {
 			return nil, invalid("digest %d: %v", id, err)
 		}
 		d := &e.dg
@@ -551,8 +560,11 @@ func parseToken(raw []byte) (*tokenEntry, error) {
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidToken)
 	}
+	if err := checkNoDuplicateKeys(raw); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
 	var t jsonToken
-	if err := json.Unmarshal(raw, &t); err != nil {
+	if err := decodeStrict(raw, &t); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}
 	if t.Type == nil || *t.Type == "" || len(*t.Type) > 64 {
