@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
 func TestDeviceFile(t *testing.T) {
@@ -55,16 +57,13 @@ func TestDeviceFile(t *testing.T) {
 }
 
 // loopDevice attaches img to a loop device with the given logical sector
-// size, or skips when loop devices cannot be used here.
+// size, or skips (fails under CI) when loop devices cannot be used here.
 func loopDevice(t *testing.T, img string, sectorSize int) string {
 	t.Helper()
-	losetup, err := exec.LookPath("losetup")
-	if err != nil {
-		t.Skip("losetup not installed")
-	}
+	losetup := testpeer.Path(t, "losetup")
 	out, err := exec.Command(losetup, "-f", "--show", "-b", strconv.Itoa(sectorSize), img).CombinedOutput()
 	if err != nil {
-		t.Skipf("cannot attach a loop device: %v: %s", err, out)
+		testpeer.Missing(t, "cannot attach a loop device: %v: %s", err, out)
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command(losetup, "-d", dev).Run() })

@@ -10,20 +10,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
 // needTool returns the path of a tool, skipping the test when it is missing,
 // or failing it under CI (CI=true), where .ci/run installs every tool.
 func needTool(t testing.TB, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required under CI: %v", name, err)
-		}
-		t.Skipf("%s not installed: %v", name, err)
-	}
-	return p
+	return testpeer.Path(t, name)
 }
 
 func makeImage(t testing.TB, size int64) string {

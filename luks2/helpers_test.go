@@ -12,42 +12,20 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
 // needCryptsetup returns the cryptsetup binary, skipping the test when it is missing,
 // except under CI=true where a missing peer is a failure.
 func needCryptsetup(t testing.TB) string {
 	t.Helper()
-	p, err := exec.LookPath("cryptsetup")
-	if err != nil {
-		for _, c := range []string{"/usr/sbin/cryptsetup", "/sbin/cryptsetup"} {
-			if _, e := os.Stat(c); e == nil {
-				return c
-			}
-		}
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("cryptsetup not found and CI=true: install cryptsetup-bin")
-		}
-		t.Skip("cryptsetup not installed (apt-get install cryptsetup-bin)")
-	}
-	return p
+	return testpeer.Path(t, "cryptsetup")
 }
 
 func needTool(t testing.TB, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		for _, d := range []string{"/usr/sbin/", "/sbin/"} {
-			if _, e := os.Stat(d + name); e == nil {
-				return d + name
-			}
-		}
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not found and CI=true", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
+	return testpeer.Path(t, name)
 }
 
 // run runs a command and fails the test when it fails.

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+
 	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
@@ -18,7 +20,7 @@ import (
 // image makes a small LUKS2 image with keyslot 0 opened by the returned key file.
 func image(t *testing.T) (img, keyFile string) {
 	t.Helper()
-	tpmtest.RequirePeer(t, "cryptsetup")
+	testpeer.Require(t, "cryptsetup")
 	dir := t.TempDir()
 	img = filepath.Join(dir, "img")
 	keyFile = filepath.Join(dir, "key")
@@ -71,7 +73,7 @@ func testPassphrase(t *testing.T, img string, slot int, pass []byte) {
 }
 
 func TestInteropSystemdEnrollsWeUnseal(t *testing.T) {
-	tpmtest.RequirePeer(t, "systemd-cryptenroll")
+	testpeer.Require(t, "systemd-cryptenroll")
 	for _, tc := range []struct {
 		name string
 		pin  string
@@ -117,10 +119,10 @@ func TestInteropSystemdEnrollsWeUnseal(t *testing.T) {
 }
 
 func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
-	tpmtest.RequirePeer(t, "systemd-cryptenroll")
+	testpeer.Require(t, "systemd-cryptenroll")
 	sdc := "/lib/systemd/systemd-cryptsetup"
 	if _, err := os.Stat(sdc); err != nil {
-		tpmtest.RequirePeer(t, "systemd-cryptsetup")
+		testpeer.Require(t, "systemd-cryptsetup")
 		sdc = "systemd-cryptsetup"
 	}
 	for _, tc := range []struct {
@@ -172,7 +174,7 @@ func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
 }
 
 func TestInteropClevis(t *testing.T) {
-	tpmtest.RequirePeer(t, "clevis", "tpm2_createprimary")
+	testpeer.Require(t, "clevis", "tpm2_createprimary")
 	spec := tpmtest.StartSwtpm(t)
 	img, key := image(t)
 	run(t, []string{"TPM2TOOLS_TCTI=" + spec}, nil, "clevis", "luks", "bind", "-y", "-k", key, "-d", img, "tpm2", `{"pcr_ids":"7"}`)

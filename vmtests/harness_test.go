@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
 // TestParseResults checks the host side of the guest protocol without a VM: records
@@ -42,9 +44,7 @@ func TestParseResults(t *testing.T) {
 
 // TestArchive checks the cpio writer against the host's cpio, when it has one.
 func TestArchive(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("no cpio on the host")
-	}
+	testpeer.Require(t, "cpio")
 	a := NewArchive()
 	a.File("/etc/a/b.txt", []byte("hello"), 0o600)
 	a.Symlink("/bin/sh", "busybox")

@@ -1,8 +1,9 @@
 package xts
 
 import (
-	"os"
 	"testing"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
 // forEachImplementation runs f once per implementation of this build, as a subtest
@@ -29,12 +30,9 @@ func mustNew(t testing.TB, key []byte, im *implementation) *Cipher {
 	return c
 }
 
-// missingPeer skips the test because an external program it checks against is
-// missing, or fails it under CI, where .ci/run installs every peer.
+// missingPeer is testpeer.Missing: it skips the test because an external program it
+// checks against is missing, or fails it under CI, where every peer is installed.
 func missingPeer(t *testing.T, format string, args ...any) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but "+format, args...)
-	}
-	t.Skipf(format, args...)
+	testpeer.Missing(t, format, args...)
 }

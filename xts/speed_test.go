@@ -71,12 +71,8 @@ func TestSpeedReport(t *testing.T) {
 	for _, r := range rows {
 		fmt.Printf("%-48s %12.0f %9.2fx\n", r.name, r.mbps, r.mbps/ossl.mbps)
 	}
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "NOT MET"
-	}
-	fmt.Printf("\ntarget 1 core >= 1.5x OpenSSL:      %.2fx  %s\n", one/ossl.mbps, verdict(one >= 1.5*ossl.mbps))
-	fmt.Printf("target 1 core >= 20x x/crypto/xts:  %.1fx  %s\n\n", one/xc.mbps, verdict(one >= 20*xc.mbps))
+	// Ratios only: the design goals (1 core >= 1.5x OpenSSL, >= 20x x/crypto/xts) are
+	// compared here, never asserted or judged; a shared machine cannot time them.
+	fmt.Printf("\n1 core vs OpenSSL:        %.2fx (design goal 1.5x)\n", one/ossl.mbps)
+	fmt.Printf("1 core vs x/crypto/xts:   %.1fx (design goal 20x)\n\n", one/xc.mbps)
 }

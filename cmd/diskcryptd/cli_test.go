@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+
 	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 )
 
@@ -46,7 +48,7 @@ func mustCLI(t *testing.T, stdin string, envv map[string]string, args ...string)
 // peer runs a real tool and fails the test on error.
 func peer(t *testing.T, env []string, name string, args ...string) string {
 	t.Helper()
-	tpmtest.RequirePeer(t, name)
+	testpeer.Require(t, name)
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
@@ -81,7 +83,7 @@ func newImage(t *testing.T, dir string, mib int64) string {
 var fastKDF = []string{"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"}
 
 func TestFormatInteropAndVolumeKey(t *testing.T) {
-	tpmtest.RequirePeer(t, "cryptsetup")
+	testpeer.Require(t, "cryptsetup")
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -134,7 +136,7 @@ func TestFormatInteropAndVolumeKey(t *testing.T) {
 }
 
 func TestFormatGuardAndExitCodes(t *testing.T) {
-	tpmtest.RequirePeer(t, "mkfs.ext4")
+	testpeer.Require(t, "mkfs.ext4")
 	dir := t.TempDir()
 	img := newImage(t, dir, 40)
 	key := writeSecret(t, dir, "key", "pw")
@@ -157,7 +159,7 @@ func TestFormatGuardAndExitCodes(t *testing.T) {
 }
 
 func TestKeyslotsTokensHeader(t *testing.T) {
-	tpmtest.RequirePeer(t, "cryptsetup")
+	testpeer.Require(t, "cryptsetup")
 	dir := t.TempDir()
 	img := newImage(t, dir, 40)
 	key := writeSecret(t, dir, "key", "first")
@@ -211,7 +213,7 @@ func TestKeyslotsTokensHeader(t *testing.T) {
 }
 
 func TestTPM2EnrollUnlockTamperRecovery(t *testing.T) {
-	tpmtest.RequirePeer(t, "cryptsetup")
+	testpeer.Require(t, "cryptsetup")
 	spec := tpmtest.StartSwtpm(t)
 	dir := t.TempDir()
 	img := newImage(t, dir, 40)
@@ -258,7 +260,7 @@ func TestTPM2PIN(t *testing.T) {
 // TestInteropEnrolledElsewhere: volumes enrolled by systemd-cryptenroll and by clevis
 // unlock through diskcryptd's tokens.
 func TestInteropEnrolledElsewhere(t *testing.T) {
-	tpmtest.RequirePeer(t, "cryptsetup", "systemd-cryptenroll", "clevis")
+	testpeer.Require(t, "cryptsetup", "systemd-cryptenroll", "clevis")
 	spec := tpmtest.StartSwtpm(t)
 	dir := t.TempDir()
 	key := writeSecret(t, dir, "key", "pw")
@@ -320,7 +322,7 @@ func TestCanaryNeverLogged(t *testing.T) {
 func TestSystemdUnsealsOurEnrolment(t *testing.T) {
 	sdc := "/lib/systemd/systemd-cryptsetup"
 	if _, err := os.Stat(sdc); err != nil {
-		tpmtest.RequirePeer(t, "systemd-cryptsetup")
+		testpeer.Require(t, "systemd-cryptsetup")
 		sdc = "systemd-cryptsetup"
 	}
 	spec := tpmtest.StartSwtpm(t)

@@ -25,6 +25,23 @@ func Require(t testing.TB, programs ...string) {
 	}
 }
 
+// Path returns the path of the named program, also looking in /usr/sbin and /sbin
+// (which a non-root PATH often lacks), and skips the test, or fails it under CI, when
+// the program is not installed.
+func Path(t testing.TB, program string) string {
+	t.Helper()
+	if p, err := exec.LookPath(program); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin/", "/sbin/"} {
+		if fi, err := os.Stat(dir + program); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return dir + program
+		}
+	}
+	Missing(t, "%s not installed (see contrib/ci/packages.txt)", program)
+	return ""
+}
+
 // Missing skips the test with the reason, or fails it with the reason under CI. Use it
 // for anything a test needs that is not a program on PATH (a loop device, a kernel
 // feature, a file a package installs).

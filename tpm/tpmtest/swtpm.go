@@ -8,20 +8,15 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
-// RequirePeer skips the test when the named program is missing, or fails it when the
-// environment says CI=true (CI installs every peer).
+// RequirePeer is testpeer.Require: it skips the test when a named program is missing,
+// or fails it under CI=true.
 func RequirePeer(t testing.TB, names ...string) {
 	t.Helper()
-	for _, name := range names {
-		if _, err := exec.LookPath(name); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required under CI: %v", name, err)
-			}
-			t.Skipf("%s not installed: %v", name, err)
-		}
-	}
+	testpeer.Require(t, names...)
 }
 
 // StartSwtpm starts a fresh swtpm (TPM 2.0, state in a temporary folder, already
