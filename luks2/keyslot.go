@@ -248,20 +248,40 @@ func setIDList(raw []byte, key string, ids []int) ([]byte, error) {
 // prepareKeyslot resolves the KDF, allocates id and area, writes and syncs the
 // keyslot material, and returns metadata that references it (not yet committed).
 func (v *Volume) prepareKeyslot(ctx context.Context, m *metadata, vk *VolumeKey, passphrase []byte, slot int, opts *KeyslotOptions) (*metadata, int, error) {
-	if opts == nil {
-		opts = &KeyslotOptions{}
-	}
 	if err := v.verifyLocked(vk); err != nil {
 		return nil, 0, err
 	}
 	did, d := m.dataDigest()
-	id, err := m.freeKeyslot(slot)
+	id, e, err := v.writeKeyslot(ctx, m, vk, passphrase, slot, opts)
 	if err != nil {
 		return nil, 0, err
 	}
-	kp, err := ResolveKDF(ctx, opts.KDF)
+	n := m.clone()
+	n.keyslots[id] = e
+	raw, err := setIDList(d.raw, "keyslots", append(append([]int{}, d.keyslots...), id))
 	if err != nil {
 		return nil, 0, err
+	}
+	nd := *d
+	nd.raw = raw
+	nd.keyslots = append(append([]int{}, d.keyslots...), id)
+	n.digests[did] = &nd
+	return n, id, nil
+}
+
+// writeKeyslot resolves the KDF, allocates an id and an area in m, writes and syncs
+// the keyslot material for vk and returns the keyslot object (not yet in m).
+func (v *Volume) writeKeyslot(ctx context.Context, m *metadata, vk *VolumeKey, passphrase []byte, slot int, opts *KeyslotOptions) (int, *keyslotEntry, error) {
+	if opts == nil {
+		opts = &KeyslotOptions{}
+	}
+	id, err := m.freeKeyslot(slot)
+	if err != nil {
+		return 0, nil, err
+	}
+	kp, err := ResolveKDF(ctx, opts.KDF)
+	if err != nil {
+		return 0, nil, err
 	}
 	keySize := vk.Len()
 	areaKeySize := keySize
@@ -271,15 +291,15 @@ func (v *Volume) prepareKeyslot(ctx context.Context, m *metadata, vk *VolumeKey,
 	areaSize := uint64(splitSectors(keySize, AFStripes)+4095) / 4096 * 4096
 	off, err := m.allocArea(v.bin.hdrSize, areaSize)
 	if err != nil {
-		return nil, 0, err
+		return 0, nil, err
 	}
 	salt := make([]byte, saltLen)
 	if _, err := rand.Read(salt); err != nil {
-		return nil, 0, fmt.Errorf("luks2: random: %w", err)
+		return 0, nil, fmt.Errorf("luks2: random: %w", err)
 	}
 	split, err := afSplit(vk.Bytes(), AFStripes, "sha256")
 	if err != nil {
-		return nil, 0, err
+		return 0, nil, err
 	}
 	defer wipe(split)
 	material := make([]byte, splitSectors(keySize, AFStripes))
@@ -287,20 +307,20 @@ func (v *Volume) prepareKeyslot(ctx context.Context, m *metadata, vk *VolumeKey,
 	copy(material, split)
 	ak, err := deriveKeyCtx(ctx, kp, passphrase, salt, areaKeySize)
 	if err != nil {
-		return nil, 0, err
+		return 0, nil, err
 	}
 	c, err := xts.New(ak)
 	wipe(ak)
 	if err != nil {
-		return nil, 0, err
+		return 0, nil, err
 	}
 	c.EncryptSectors(material, material, 512, 0)
 	c.Close()
 	if err := writeFull(v.dev, material, int64(off)); err != nil {
-		return nil, 0, fmt.Errorf("luks2: writing keyslot %d area: %w", id, err)
+		return 0, nil, fmt.Errorf("luks2: writing keyslot %d area: %w", id, err)
 	}
 	if err := v.dev.Sync(); err != nil {
-		return nil, 0, fmt.Errorf("luks2: sync: %w", err)
+		return 0, nil, fmt.Errorf("luks2: sync: %w", err)
 	}
 	jk := &jsonKDF{Type: kp.Type, Salt: base64.StdEncoding.EncodeToString(salt)}
 	if kp.Type == KDFPBKDF2 {
@@ -318,17 +338,7 @@ func (v *Volume) prepareKeyslot(ctx context.Context, m *metadata, vk *VolumeKey,
 		p := opts.Priority.Spec()
 		ks.Priority = &p
 	}
-	n := m.clone()
-	n.keyslots[id] = &keyslotEntry{raw: mustRaw(ks), ks: ks}
-	raw, err := setIDList(d.raw, "keyslots", append(append([]int{}, d.keyslots...), id))
-	if err != nil {
-		return nil, 0, err
-	}
-	nd := *d
-	nd.raw = raw
-	nd.keyslots = append(append([]int{}, d.keyslots...), id)
-	n.digests[did] = &nd
-	return n, id, nil
+	return id, &keyslotEntry{raw: mustRaw(ks), ks: ks}, nil
 }
 
 // AddKeyslot adds a keyslot that opens with passphrase and stores vk, at slot (or
