@@ -20,6 +20,7 @@ import (
 //	token-timeout  30s
 //	device-timeout 90s
 //	socket         /run/diskcryptd/diskcryptd.sock
+//	audit-log      /var/log/diskcryptd/audit.jsonl
 //	# volumes: volume NAME DEVICE [OPTIONS]
 //	volume data0 UUID=0e3f6c1e-5a7b-4c43-9d2e-6f1f2a3b4c5d discard,tpm2-measure-pcr=15
 //	volume data1 PARTLABEL=data1 readonly
@@ -37,6 +38,9 @@ type Config struct {
 	DeviceTimeout time.Duration
 	// Socket is the local status socket; empty disables it.
 	Socket string
+	// AuditLog is the audit log file ("" for the default, "none" for no file);
+	// $DISKCRYPTD_AUDIT_LOG overrides it.
+	AuditLog string
 	// Volumes are unlocked in parallel.
 	Volumes []VolumeConfig
 }
@@ -119,6 +123,11 @@ func ParseConfig(r io.Reader) (*Config, error) {
 			} else {
 				c.TPMDevice = f[1]
 			}
+		case "audit-log":
+			if len(f) != 2 {
+				return nil, bad("want: audit-log PATH (or none)")
+			}
+			c.AuditLog = f[1]
 		case "token-timeout", "device-timeout":
 			if len(f) != 2 {
 				return nil, bad("want: %s DURATION", f[0])

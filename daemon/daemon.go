@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/blockdev"
 	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/systemd"
@@ -67,6 +68,8 @@ type Daemon struct {
 	Notifier *systemd.Notifier
 	// Logger receives one line per event; never a secret.
 	Logger hclog.Logger
+	// Audit records every key release; nil records nothing.
+	Audit *audit.Logger
 
 	start time.Time
 	mu    sync.Mutex
@@ -163,6 +166,7 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 	}
 	d.unseal.Lock()
 	vk, rep, err := RecoverKey(ctx, v, prots, timeout, log)
+	EmitReleases(ctx, d.Audit, rep, prots, audit.Record{Actor: "daemon", Volume: vc.Name, Device: path, VolumeUUID: uuid})
 	d.unseal.Unlock()
 	if err != nil {
 		st := StateFailed

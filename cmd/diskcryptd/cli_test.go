@@ -26,9 +26,13 @@ type result struct {
 func cli(t *testing.T, stdin string, envv map[string]string, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
+	auditLog := filepath.Join(t.TempDir(), "audit.jsonl") // never the host's /var/log
 	getenv := func(k string) string {
 		if v, ok := envv[k]; ok {
 			return v
+		}
+		if k == "DISKCRYPTD_AUDIT_LOG" {
+			return auditLog
 		}
 		return ""
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
@@ -63,6 +64,9 @@ func cmdEnroll(ctx context.Context, e *env, args []string) error {
 	}
 	slot, tid, err := v.AddKeyslotWithToken(ctx, vk, en.Passphrase, luks2.AnySlot,
 		&luks2.KeyslotOptions{KDF: luks2.MinimumCostKDF()}, tok, luks2.AnyToken)
+	rec := volumeRecord(audit.KindEnroll, pos[0], v)
+	rec.Protector, rec.Keyslots, rec.Token = kind, []int{slot}, audit.TokenID(tid)
+	auditEvent(ctx, e, rec, err)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/luks2"
 )
 
@@ -178,6 +179,9 @@ func keyslotAdd(ctx context.Context, e *env, args []string) error {
 	}
 	defer v.Close()
 	id, err := v.AddKeyslotByPassphrase(ctx, old, nk, *slot, &luks2.KeyslotOptions{KDF: kdf.options(), Priority: prio})
+	rec := volumeRecord(audit.KindKeyslotAdd, pos[0], v)
+	rec.Protector, rec.Keyslots = "passphrase", []int{id}
+	auditEvent(ctx, e, rec, err)
 	if err != nil {
 		return err
 	}
@@ -218,7 +222,11 @@ func keyslotRemove(ctx context.Context, e *env, args []string) error {
 	if ks := v.Metadata().Keyslots; len(ks) == 1 && ks[0].ID == *slot && !*force {
 		return usageErrorf("keyslot %d is the last one: removing it makes the data unrecoverable; add --force if that is what you want (diskcryptd erase does it for every keyslot)", *slot)
 	}
-	if err := v.RemoveKeyslot(ctx, *slot); err != nil {
+	err = v.RemoveKeyslot(ctx, *slot)
+	rec := volumeRecord(audit.KindRemove, pos[0], v)
+	rec.Keyslots, rec.Detail = []int{*slot}, "keyslot remove"
+	auditEvent(ctx, e, rec, err)
+	if err != nil {
 		return err
 	}
 	e.log.Info("keyslot removed", "device", pos[0], "keyslot", *slot)
@@ -306,6 +314,9 @@ func cmdToken(ctx context.Context, e *env, args []string) error {
 			}
 		}
 		tid, err := v.AddToken(raw, *id)
+		rec := volumeRecord(audit.KindTokenImport, pos[0], v)
+		rec.Token = audit.TokenID(tid)
+		auditEvent(ctx, e, rec, err)
 		if err != nil {
 			return err
 		}
@@ -325,7 +336,11 @@ func cmdToken(ctx context.Context, e *env, args []string) error {
 		if *id < 0 {
 			return usageErrorf("which token? pass --token-id N")
 		}
-		if err := v.RemoveToken(*id); err != nil {
+		err := v.RemoveToken(*id)
+		rec := volumeRecord(audit.KindRemove, pos[0], v)
+		rec.Token, rec.Detail = audit.TokenID(*id), "token remove"
+		auditEvent(ctx, e, rec, err)
+		if err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "token %d removed\n", *id)

@@ -74,6 +74,7 @@ func commands() []command {
 		{"serve", "the daemon: unlock every configured volume, then report their states", cmdServe},
 		{"pcr", "read or extend TPM2 PCRs", cmdPCR},
 		{"version", "print the version", cmdVersion},
+		{"audit", "print the audit log of key releases and key changes", cmdAudit},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/luks2"
 )
 
@@ -48,7 +49,7 @@ func cmdFormat(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-func cmdHeader(_ context.Context, e *env, args []string) error {
+func cmdHeader(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 || (args[0] != "backup" && args[0] != "restore") {
 		return usageErrorf("usage: diskcryptd header backup|restore --header-backup-file FILE DEVICE")
 	}
@@ -74,7 +75,14 @@ func cmdHeader(_ context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "header of %s backed up to %s (keep it as safe as a key: it holds every keyslot)\n", pos[0], *file)
 		return nil
 	}
-	if err := luks2.RestoreHeaderFile(pos[0], *file); err != nil {
+	err = luks2.RestoreHeaderFile(pos[0], *file)
+	rec := audit.Record{Kind: audit.KindHeaderRestore, Device: pos[0], Detail: "from " + *file}
+	if v, oerr := luks2.OpenFile(pos[0], luks2.ReadOnly); oerr == nil {
+		rec.VolumeUUID = v.Metadata().UUID
+		v.Close()
+	}
+	auditEvent(ctx, e, rec, err)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "header of %s restored from %s\n", pos[0], *file)
@@ -120,7 +128,13 @@ func cmdErase(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer v.Close()
-	if err := v.Erase(ctx); err != nil {
+	rec := volumeRecord(audit.KindErase, pos[0], v)
+	for _, k := range v.Metadata().Keyslots {
+		rec.Keyslots = append(rec.Keyslots, k.ID)
+	}
+	err = v.Erase(ctx)
+	auditEvent(ctx, e, rec, err)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "%s: every keyslot destroyed; the data is unrecoverable\n", pos[0])

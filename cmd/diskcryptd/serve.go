@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/systemd"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -43,13 +44,16 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	d := &daemon.Daemon{
-		Config:     cfg,
-		Protectors: func(daemon.VolumeConfig) []unlock.Protector { return []unlock.Protector{prot} },
+		Config: cfg,
+		Protectors: func(daemon.VolumeConfig) []unlock.Protector {
+			return []unlock.Protector{auditedTPM{prot, cfg.TPMDevice}}
+		},
 		Measure: func(ctx context.Context, pcr int, name, uuid string, key []byte) error {
 			return measure(ctx, cfg.TPMDevice, pcr, name, uuid, key)
 		},
 		Notifier: &systemd.Notifier{},
 		Logger:   e.log,
+		Audit:    audit.New(audit.Options{Path: audit.PathFrom(e.getenv, cfg.AuditLog), Actor: "daemon", Logger: e.log}),
 	}
 	err = d.Run(ctx, *once)
 	st := d.Status()

@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/blockdev"
 	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/luks2"
@@ -78,6 +79,12 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 		}
 		defer clear(key)
 		vk, slot, err := unlockWithKey(ctx, v, key, u.slot)
+		rec := volumeRecord(audit.KindKeyRelease, "", v)
+		rec.Protector = "key-file"
+		if err == nil {
+			rec.Keyslots = []int{slot}
+		}
+		auditEvent(ctx, e, rec, err)
 		if err != nil {
 			return nil, "", err
 		}
@@ -87,7 +94,9 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 	if err != nil {
 		return nil, "", err
 	}
-	vk, rep, err := daemon.RecoverKey(ctx, v, []unlock.Protector{p}, u.timeout, e.log)
+	prots := []unlock.Protector{auditedTPM{p, u.tpm.device}}
+	vk, rep, err := daemon.RecoverKey(ctx, v, prots, u.timeout, e.log)
+	daemon.EmitReleases(ctx, auditLogger(e), rep, prots, volumeRecord(audit.KindKeyRelease, "", v))
 	if err != nil {
 		return nil, "", err
 	}
