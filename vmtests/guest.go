@@ -57,7 +57,9 @@ poweroff -f
 //	mapped NAME      the block device of the device-mapper mapping NAME
 //	                 (/dev/mapper/NAME, or /dev/dm-N when nothing made that node)
 //	uptime_s         seconds since boot, 10 ms resolution
-const libScript = `disk() {
+const libScript = `# Files a step writes (key files, recovery keys) are private, as diskcryptd requires.
+umask 077
+disk() {
 	for d in /sys/block/vd*; do
 		if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then echo "/dev/${d##*/}"; return 0; fi
 	done

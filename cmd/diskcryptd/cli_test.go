@@ -345,3 +345,99 @@ func TestSystemdUnsealsOurEnrolment(t *testing.T) {
 		t.Fatalf("systemd-cryptsetup did not unlock the keyslot with our TPM2 token:\n%s", out)
 	}
 }
+
+// TestBatchModeEverywhere: cryptsetup accepts --batch-mode (-q) with every action and
+// before it; so does every diskcryptd command and subcommand.
+func TestBatchModeEverywhere(t *testing.T) {
+	cmds := [][]string{
+		{"format"}, {"dump"}, {"keyslot", "add"}, {"keyslot", "remove"}, {"keyslot", "list"},
+		{"token", "import"}, {"token", "export"}, {"token", "remove"}, {"token", "list"},
+		{"header", "backup"}, {"header", "restore"}, {"repair"}, {"erase"},
+		{"enroll", "tpm2"}, {"enroll", "recovery"}, {"unlock"}, {"lock"}, {"status"},
+		{"serve"}, {"pcr", "read"}, {"pcr", "extend"},
+	}
+	for _, c := range cmds {
+		for _, flag := range []string{"--batch-mode", "-q"} {
+			t.Run(strings.Join(c, "-")+flag, func(t *testing.T) {
+				args := append(append([]string{}, c...), flag, "-h")
+				r := cli(t, "", nil, args...)
+				if r.code != 0 || strings.Contains(r.stderr, "not defined") {
+					t.Errorf("diskcryptd %s: exit %d: %s", strings.Join(args, " "), r.code, r.stderr)
+				}
+			})
+		}
+	}
+	// Global position, as "cryptsetup -q luksErase".
+	dir := t.TempDir()
+	img := newImage(t, dir, 20)
+	key := writeSecret(t, dir, "key", "k")
+	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+	if r := cli(t, "", nil, "erase", img); r.code != exitUsage {
+		t.Fatalf("erase without --batch-mode: exit %d, want %d", r.code, exitUsage)
+	}
+	mustCLI(t, "", nil, "-q", "erase", img)
+}
+
+// TestMissingDeviceExit4: a device path that does not exist is "wrong device
+// specified" (exit 4), as cryptsetup and the README say; a missing key file is a usage
+// error (exit 1), as cryptsetup's "Failed to open key file".
+func TestMissingDeviceExit4(t *testing.T) {
+	dir := t.TempDir()
+	key := writeSecret(t, dir, "key", "k")
+	missing := filepath.Join(dir, "no-such-device")
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"dump", missing}, exitDevice},
+		{[]string{"keyslot", "list", missing}, exitDevice},
+		{[]string{"token", "list", missing}, exitDevice},
+		{[]string{"format", "--key-file", key, missing}, exitDevice},
+		{[]string{"unlock", "--test", "--key-file", key, missing}, exitDevice},
+		{[]string{"repair", missing}, exitDevice},
+		{[]string{"header", "backup", "--header-backup-file", filepath.Join(dir, "hb"), missing}, exitDevice},
+		{[]string{"enroll", "recovery", "--key-file", key, missing}, exitDevice},
+		{[]string{"erase", "-q", missing}, exitDevice},
+		{[]string{"format", "--key-file", filepath.Join(dir, "no-such-key"), newImage(t, dir, 20)}, exitUsage},
+	} {
+		if r := cli(t, "", nil, tc.args...); r.code != tc.want {
+			t.Errorf("diskcryptd %s: exit %d, want %d\n%s", strings.Join(tc.args, " "), r.code, tc.want, r.stderr)
+		}
+	}
+}
+
+// TestInsecureKeyFile: a key file group or others may access is refused with the
+// fix in the hint, unless --allow-insecure-key-file; standard input is fine.
+func TestInsecureKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	img := newImage(t, dir, 20)
+	key := writeSecret(t, dir, "key", "secret")
+	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o660, 0o644, 0o602} {
+		if err := os.Chmod(key, mode); err != nil {
+			t.Fatal(err)
+		}
+		r := cli(t, "", nil, "unlock", "--test", "--key-file", key, img)
+		if r.code != exitUsage || !strings.Contains(r.stderr, "accessible by group or others") || !strings.Contains(r.stderr, "chmod 600") {
+			t.Errorf("mode %#o: exit %d, stderr %q; want a refusal with a hint", mode, r.code, r.stderr)
+		}
+		if strings.Contains(r.stderr, "secret") {
+			t.Errorf("mode %#o: the key leaked into the error: %s", mode, r.stderr)
+		}
+		mustCLI(t, "", nil, "unlock", "--test", "--allow-insecure-key-file", "--key-file", key, img)
+	}
+	if err := os.Chmod(key, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, "", nil, "unlock", "--test", "--key-file", key, img)
+	mustCLI(t, "secret", nil, "unlock", "--test", "--key-file", "-", img)
+	// The same rule for the TPM2 PIN file.
+	pin := writeSecret(t, dir, "pin", "1234")
+	if err := os.Chmod(pin, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := cli(t, "", nil, "enroll", "tpm2", "--tpm2-device", "swtpm:path="+filepath.Join(dir, "none"), "--tpm2-with-pin", "--tpm2-pin-file", pin, "--key-file", key, img)
+	if r.code == 0 || !strings.Contains(r.stderr, "accessible by group or others") {
+		t.Errorf("a 0644 PIN file was not refused: exit %d: %s", r.code, r.stderr)
+	}
+}

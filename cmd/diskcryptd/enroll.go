@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 
@@ -100,7 +101,7 @@ func unlockWithKey(ctx context.Context, v *luks2.Volume, key []byte, slot int) (
 		return nil, -1, err
 	}
 	defer clear(canon)
-	if string(canon) == string(key) {
+	if subtle.ConstantTimeCompare(canon, key) == 1 {
 		return nil, -1, err
 	}
 	return unlockSlot(ctx, v, canon, slot)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io/fs"
+
 	"github.com/diskcryptd/diskcryptd/blockdev"
 	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/luks2"
@@ -33,5 +35,8 @@ func errorMap() []errorMapping {
 		{daemon.ErrNotBlockDevice, exitDevice, "attach an image file to a loop device first: losetup -f --show IMAGE"},
 		{blockdev.ErrMappingExists, exitBusy, "a mapping with that name exists: pick another name or lock it first"},
 		{blockdev.ErrMappingNotFound, exitDevice, "see diskcryptd status for the mapped volumes"},
+		// Last: a path that does not exist is a wrong device (key files that do not
+		// exist are usage errors, marked where they are opened).
+		{fs.ErrNotExist, exitDevice, "check the device path"},
 	}
 }

@@ -21,6 +21,10 @@ func newFlags(e *env, name, usage string) *flagSet {
 	fs := flag.NewFlagSet("diskcryptd "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	f := &flagSet{FlagSet: fs, usage: usage}
+	// Accepted by every command, as cryptsetup accepts them wherever it takes flags.
+	fs.BoolVar(&e.batch, "batch-mode", e.batch, "do not ask for confirmation (as cryptsetup's --batch-mode)")
+	fs.BoolVar(&e.batch, "q", e.batch, "alias of --batch-mode")
+	fs.BoolVar(&e.insecureKeyFile, "allow-insecure-key-file", e.insecureKeyFile, "read key files that group or others may access")
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: diskcryptd %s %s\n", name, usage)
 		fs.PrintDefaults()
@@ -56,18 +60,23 @@ func (f *flagSet) parse(args []string, min, max int) ([]string, error) {
 	return pos, nil
 }
 
+// ErrInsecureKeyFile is returned for a key file that group or others may read or
+// write (as systemd-cryptenroll warns about); --allow-insecure-key-file overrides.
+var ErrInsecureKeyFile = errors.New("key file is accessible by group or others")
+
 // readKeyFile reads a passphrase or key file the way cryptsetup does with --key-file:
 // the whole content, byte for byte (no newline stripped); "-" reads standard input.
-// The caller wipes the result.
+// A regular file that group or others may access is refused unless
+// --allow-insecure-key-file is given. The caller wipes the result.
 func readKeyFile(e *env, path string) ([]byte, error) {
 	if path == "" {
 		return nil, usageErrorf("a key is needed: pass --key-file FILE (or --key-file - for standard input); secrets are never taken from the command line")
 	}
 	r := e.stdin
 	if path != "-" {
-		f, err := os.Open(path)
+		f, err := openSecretFile(e, path)
 		if err != nil {
-			return nil, fmt.Errorf("key file: %w", err)
+			return nil, err
 		}
 		defer f.Close()
 		r = f
@@ -80,6 +89,30 @@ func readKeyFile(e *env, path string) ([]byte, error) {
 		return nil, usageErrorf("key file %s is empty", path)
 	}
 	return b, nil
+}
+
+// openSecretFile opens a file holding a secret (key file, PIN file) and checks, on the
+// opened descriptor, that only its owner may access it. Errors are usage errors (exit
+// 1, as cryptsetup's "Failed to open key file"), never device errors.
+func openSecretFile(e *env, path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, withCode(exitUsage, "", fmt.Errorf("key file: %w", err))
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, withCode(exitUsage, "", fmt.Errorf("key file: %w", err))
+	}
+	// Pipes and character devices (process substitution, /dev/stdin) carry no
+	// meaningful mode; regular files must be private to their owner.
+	if fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 && !e.insecureKeyFile {
+		f.Close()
+		return nil, withCode(exitUsage,
+			fmt.Sprintf("chmod 600 %s, or pass --allow-insecure-key-file", path),
+			fmt.Errorf("%s: %w (mode %#o)", path, ErrInsecureKeyFile, fi.Mode().Perm()))
+	}
+	return f, nil
 }
 
 // listFlag is a repeatable string flag.

@@ -49,6 +49,12 @@ type env struct {
 	log            hclog.Logger
 	// getenv reads the environment (tests substitute it).
 	getenv func(string) string
+	// batch is --batch-mode (-q), accepted globally and by every command, as
+	// cryptsetup accepts it: it answers "yes" to confirmations.
+	batch bool
+	// insecureKeyFile is --allow-insecure-key-file: read key files that group or
+	// others may access.
+	insecureKeyFile bool
 }
 
 // command is one subcommand.
@@ -95,9 +101,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if lv := getenv("DISKCRYPTD_LOG_LEVEL"); lv != "" {
 		level = hclog.LevelFromString(lv)
 	}
-	jsonLog := false
+	jsonLog, batch := false, false
 	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
 		switch args[0] {
+		case "-q", "--batch-mode", "-batch-mode":
+			batch = true
 		case "-v", "--verbose":
 			level = hclog.Info
 		case "--debug":
@@ -116,7 +124,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	log := hclog.New(&hclog.LoggerOptions{
 		Name: "diskcryptd", Level: level, Output: stderr, JSONFormat: jsonLog,
 	})
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: log, getenv: getenv}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: log, getenv: getenv, batch: batch}
 	if len(args) == 0 || args[0] == "help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -138,7 +146,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: diskcryptd [--verbose|--debug] [--log-json] COMMAND [flags] ARGS")
+	fmt.Fprintln(w, "usage: diskcryptd [--verbose|--debug] [--log-json] [-q|--batch-mode] COMMAND [flags] ARGS")
 	fmt.Fprintln(w, "\ncommands:")
 	cs := commands()
 	sort.Slice(cs, func(i, j int) bool { return cs[i].name < cs[j].name })

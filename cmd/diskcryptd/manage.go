@@ -114,13 +114,11 @@ func cmdRepair(_ context.Context, e *env, args []string) error {
 
 func cmdErase(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "erase", "--batch-mode DEVICE")
-	batch := f.Bool("batch-mode", false, "confirm: destroy every keyslot without asking")
-	f.BoolVar(batch, "q", false, "alias of --batch-mode")
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if !*batch {
+	if !e.batch {
 		return usageErrorf("erase destroys every keyslot and makes the data unreadable forever; confirm with --batch-mode (-q)")
 	}
 	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"os"
 
+	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/tpm"
 )
 
@@ -32,7 +32,12 @@ func (t *tpmFlags) register(f *flagSet, enroll bool) {
 func (t *tpmFlags) pinSource(e *env, envVar string) tpm.PINFunc {
 	return func(ctx context.Context, prompt string) ([]byte, error) {
 		if t.pinFile != "" {
-			b, err := os.ReadFile(t.pinFile)
+			f, err := openSecretFile(e, t.pinFile)
+			if err != nil {
+				return nil, err
+			}
+			defer f.Close()
+			b, err := luks2.ReadKeyFile(f)
 			if err != nil {
 				return nil, err
 			}
