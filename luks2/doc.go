@@ -23,6 +23,19 @@
 // The parser never panics and never allocates more than a small multiple of the
 // header size, whatever the input.
 //
+// Member names are matched exactly, as cryptsetup's json-c matches them: an object
+// that repeats a member, or a member that differs from a known field only by case,
+// is refused (encoding/json alone would match case-insensitively and let the last
+// duplicate win, and so read a different volume than cryptsetup).
+//
+// Ciphers are allow-listed where it matters. Unlock, UnlockKeyslot and CryptTarget
+// refuse, with ErrUnsupportedCipher and before any KDF runs, a volume whose data
+// segment names anything but aes, serpent or twofish in xts-plain64 (256/512-bit
+// keys) or cbc-essiv:sha256 mode: never cipher_null, ECB or a mode without a
+// per-sector IV, which an attacker could write into a header (its checksum has no
+// key). Keyslot areas must be aes-xts-plain64, the only keyslot encryption we
+// decrypt.
+//
 // LUKS1 volumes are refused with ErrLUKS1 (convert them with `cryptsetup convert
 // --type luks2`). A volume whose config.requirements.mandatory (§3.10) names a
 // requirement this package does not implement is opened read-only: every write and

@@ -1,6 +1,9 @@
 package luks2
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrNotLUKS means that no LUKS header was found where one was expected.
@@ -48,6 +51,11 @@ var (
 	// ErrUnsupported means a parameter (cipher, KDF, hash, sector size, key size) is
 	// not supported by this package.
 	ErrUnsupported = errors.New("luks2: unsupported parameter")
+	// ErrUnsupportedCipher means the data segment or a keyslot area names an
+	// encryption that is not on the allow-list (see Volume.Unlock): cipher_null, ECB,
+	// a mode without a per-sector IV, or a key size the cipher does not take. A header
+	// edited to name one is refused before any key is derived. It wraps ErrUnsupported.
+	ErrUnsupportedCipher = fmt.Errorf("%w: encryption not allowed", ErrUnsupported)
 	// ErrDeviceTooSmall means the device cannot hold the metadata and any data.
 	ErrDeviceTooSmall = errors.New("luks2: device too small")
 )

@@ -52,10 +52,7 @@ func ReadKeyFile(r io.Reader) ([]byte, error) {
 }
 
 func areaCipherKeySize(enc string, keySize int) error {
-	if enc != keyslotCipher || (keySize != 32 && keySize != 64) {
-		return fmt.Errorf("%w: keyslot encryption %q with %d-byte key", ErrUnsupported, enc, keySize)
-	}
-	return nil
+	return checkCipher(allowedKeyslotCiphers, "keyslot area", enc, keySize)
 }
 
 func splitSectors(keySize, stripes int) int {
@@ -130,12 +127,17 @@ func digestMatches(d *digestEntry, key []byte) bool {
 // Unlock recovers the volume key with passphrase (or key file contents), trying the
 // keyslots by priority (prefer, then normal; ignore is skipped) and by id. It returns
 // the key and the keyslot that accepted it, or ErrNoKeyslotAccepts. The caller wipes
-// the key.
+// the key. A volume whose data segment names an encryption outside the allow-list
+// (aes, serpent or twofish in xts-plain64 or cbc-essiv:sha256 mode) is refused with
+// ErrUnsupportedCipher before any KDF runs.
 func (v *Volume) Unlock(ctx context.Context, passphrase []byte) (*VolumeKey, int, error) {
 	// The metadata is immutable once parsed: take it and run the KDFs unlocked.
 	v.mu.Lock()
 	m := v.meta
 	v.mu.Unlock()
+	if err := m.checkDataCiphers(); err != nil {
+		return nil, -1, err
+	}
 	var order []int
 	for _, pr := range []Priority{PriorityPrefer, PriorityNormal} {
 		for _, id := range sortedIDs(m.keyslots) {
@@ -158,7 +160,7 @@ func (v *Volume) Unlock(ctx context.Context, passphrase []byte) (*VolumeKey, int
 		}
 	}
 	if firstErr != nil {
-		return nil, -1, fmt.Errorf("%w (also: %v)", ErrNoKeyslotAccepts, firstErr)
+		return nil, -1, fmt.Errorf("%w (also: %w)", ErrNoKeyslotAccepts, firstErr)
 	}
 	return nil, -1, ErrNoKeyslotAccepts
 }
@@ -172,6 +174,9 @@ func (v *Volume) UnlockKeyslot(ctx context.Context, slot int, passphrase []byte)
 	v.mu.Lock()
 	m := v.meta
 	v.mu.Unlock()
+	if err := m.checkDataCiphers(); err != nil {
+		return nil, err
+	}
 	return v.openSlot(ctx, m, slot, passphrase)
 }
 

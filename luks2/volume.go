@@ -384,7 +384,8 @@ type CryptTarget struct {
 
 // CryptTarget checks vk against the volume's digest and returns the dm-crypt
 // parameters. It fails with ErrUnsupportedRequirement for volumes with unknown
-// mandatory requirements: they must not be activated by this package.
+// mandatory requirements and with ErrUnsupportedCipher for a data segment encryption
+// outside the allow-list: they must not be activated by this package.
 func (v *Volume) CryptTarget(vk *VolumeKey) (*CryptTarget, error) {
 	if err := v.VerifyVolumeKey(vk); err != nil {
 		return nil, err
@@ -395,6 +396,12 @@ func (v *Volume) CryptTarget(vk *VolumeKey) (*CryptTarget, error) {
 	v.mu.Unlock()
 	if ro != nil {
 		return nil, ro
+	}
+	v.mu.Lock()
+	cerr := v.meta.checkDataCiphers()
+	v.mu.Unlock()
+	if cerr != nil {
+		return nil, cerr
 	}
 	if md.Cipher == "" {
 		return nil, fmt.Errorf("%w: no crypt segment", ErrInvalidMetadata)

@@ -20,6 +20,7 @@ type errorMapping struct {
 // errorMap lists the sentinels the CLI branches on, most specific first.
 func errorMap() []errorMapping {
 	return []errorMapping{
+		{luks2.ErrUnsupportedCipher, exitDevice, "the header names an encryption diskcryptd refuses (cipher_null, ECB, a mode without a per-sector IV); if nobody chose it, the header was edited: restore a header backup"},
 		{tpm.ErrPolicyMismatch, exitPermission, "the measured boot state differs from enrolment; unlock with the recovery key (diskcryptd unlock --key-file -) and re-enroll the TPM2 protector"},
 		{tpm.ErrLockout, exitPermission, "wait for the TPM's lockout to expire, or reset it with the lockout authorization"},
 		{tpm.ErrBadPIN, exitPermission, ""},
