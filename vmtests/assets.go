@@ -25,6 +25,7 @@ var guestModules = []string{
 	"ecb", "xts", "aesni-intel", "sha256_ssse3",
 	"ext4", "loop",
 	"tpm_tis", "tpm_crb",
+	"virtio_net", // Machine.GuestFwd
 }
 
 // Kernel is an extracted Debian kernel package.

@@ -2,7 +2,8 @@ package vmtests
 
 // initScript is the guest's /init. It mounts the pseudo file systems, loads the
 // modules listed in /etc/modules.order, finds the virtio-serial port named "results",
-// runs each /steps/NNN.sh in order and writes one length-prefixed record per step to
+// brings eth0 up when the machine has a network (NET_IP in /etc/boot.env), runs each
+// /steps/NNN.sh in order and writes one length-prefixed record per step to
 // that port, then powers the machine off. Every record starts with "@@NONCE ", a
 // random per-boot value, so stale or stray bytes can never be taken for a result.
 const initScript = `#!/bin/busybox sh
@@ -18,6 +19,12 @@ mount -t tmpfs tmpfs /run
 while read -r m; do
 	insmod "/lib/modules/$m.ko" || echo "vmtests: insmod $m failed"
 done < /etc/modules.order
+ip link set lo up 2>/dev/null
+if [ -n "$NET_IP" ]; then
+	i=0
+	while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.05; done
+	ip addr add "$NET_IP/24" dev eth0 && ip link set eth0 up || echo "vmtests: eth0 setup failed"
+fi
 port=
 i=0
 while [ $i -lt 200 ]; do

@@ -84,9 +84,47 @@ type Machine struct {
 	// Extra maps guest paths to host executables added to this machine's boots only
 	// (large test binaries stay out of every other boot's initramfs).
 	Extra map[string]string
+	// GuestFwd, when not empty, gives the guest a network: QEMU user networking with
+	// restrict=on (the guest reaches nothing else) and, for each entry, a forward from
+	// GuestAddr:GuestPort in the guest to 127.0.0.1:HostPort on the host. The guest's
+	// /init brings eth0 up as GuestIP/24.
+	GuestFwd []GuestFwd
 	// Logf receives progress lines (testing.T.Logf).
 	Logf  func(format string, args ...any)
 	boots int
+}
+
+// Guest network addresses when Machine.GuestFwd is set (QEMU user networking).
+const (
+	// GuestIP is the guest's own address on eth0 (static, /24).
+	GuestIP = "10.0.2.15"
+	// GuestAddr is the address in the guest whose ports lead to the host's 127.0.0.1.
+	GuestAddr = "10.0.2.100"
+)
+
+// GuestFwd forwards TCP connections the guest makes to GuestAddr:GuestPort to the host's
+// 127.0.0.1:HostPort. Each guest connection gets its own host connection.
+type GuestFwd struct {
+	// GuestPort is the port the guest connects to on GuestAddr.
+	GuestPort int
+	// HostPort is the port on the host's 127.0.0.1.
+	HostPort int
+}
+
+// netArgs returns the QEMU arguments for fwd: user networking with restrict=on, so
+// the forwards are the guest's only way out. Each forward runs socat per connection
+// (QEMU's "cmd:" form; socat must be on the host's PATH): a "tcp:" chardev is one
+// connection made when QEMU starts, shared by every guest connection, and with it a
+// second guest connection hangs (seen with QEMU 7.2).
+func netArgs(fwd []GuestFwd) []string {
+	if len(fwd) == 0 {
+		return nil
+	}
+	netdev := "user,id=net0,restrict=on,net=10.0.2.0/24"
+	for _, f := range fwd {
+		netdev += fmt.Sprintf(",guestfwd=tcp:%s:%d-cmd:socat - TCP:127.0.0.1:%d", GuestAddr, f.GuestPort, f.HostPort)
+	}
+	return []string{"-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"}
 }
 
 // Disk is a raw disk image attached on virtio.
@@ -188,7 +226,11 @@ func (m *Machine) Boot(ctx context.Context, steps []Step, files map[string][]byt
 	nonce := hex.EncodeToString(nonceBytes)
 
 	a := NewArchive()
-	a.File("/etc/boot.env", []byte("NONCE="+nonce+"\n"), 0o644)
+	env := "NONCE=" + nonce + "\n"
+	if len(m.GuestFwd) > 0 {
+		env += "NET_IP=" + GuestIP + "\n"
+	}
+	a.File("/etc/boot.env", []byte(env), 0o644)
 	for i, s := range steps {
 		a.File(fmt.Sprintf("/steps/%03d.sh", i), []byte(s.Script), 0o644)
 	}
@@ -238,6 +280,7 @@ func (m *Machine) Boot(ctx context.Context, steps []Step, files map[string][]byt
 		"-chardev", "file,id=results,path=" + results,
 		"-device", "virtserialport,bus=vser.0,chardev=results,name=results",
 	}
+	args = append(args, netArgs(m.GuestFwd)...)
 	for i, d := range m.Disks {
 		// -drive if=virtio cannot carry a serial in QEMU 7.2; split drive and device.
 		args = append(args,
