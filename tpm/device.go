@@ -66,7 +66,7 @@ func openDevice(path string) (transport.TPMCloser, error) {
 		return nil, fmt.Errorf("tpm: open %s: %w", path, err)
 	}
 	f := os.NewFile(uintptr(fd), path)
-	return &streamTPM{rw: f, name: path}, nil
+	return &streamTPM{rw: f, name: path, rm: isResourceManagerDevice(path)}, nil
 }
 
 func openSocket(path string) (transport.TPMCloser, error) {
@@ -93,6 +93,8 @@ type streamTPM struct {
 	conn   net.Conn
 	name   string
 	stream bool
+	// rm is set for a kernel resource manager (/dev/tpmrm0).
+	rm bool
 }
 
 // Send implements transport.TPM.

@@ -153,6 +153,27 @@ func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
 				t.Fatal(err)
 			}
 			run(t, nil, nil, "cryptsetup", "token", "import", "--json-file", tokFile, "--token-id", "0", "--key-slot", "1", img)
+			// Prove the token opens the keyslot without diskcryptd: tpm2-tools unseals
+			// it as systemd would, and the passphrase systemd derives opens slot 1.
+			pass, err := tpmtest.UnsealWithTools(t, spec, marshalToken(t, e.Token, 1), tc.pin)
+			if err != nil {
+				t.Fatalf("tpm2-tools could not unseal our token: %v", err)
+			}
+			if !tpmtest.KeyslotAccepts(t, img, 1, pass) {
+				t.Fatal("the passphrase derived from the tpm2-tools unseal does not open keyslot 1")
+			}
+			// The check can fail: one changed character is refused.
+			pass[0] ^= 1
+			if tpmtest.KeyslotAccepts(t, img, 1, pass) {
+				t.Fatal("keyslot 1 accepted a wrong passphrase")
+			}
+			// A wrong PIN is refused by the TPM, through tpm2-tools too.
+			if tc.pin != "" {
+				if _, err := tpmtest.UnsealWithTools(t, spec, marshalToken(t, e.Token, 1), tc.pin+"0"); err == nil {
+					t.Fatal("tpm2-tools unsealed with a wrong PIN")
+				}
+			}
+
 			var env []string
 			if tc.pin != "" {
 				env = []string{"PIN=" + tc.pin}
@@ -161,13 +182,22 @@ func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
 			t.Logf("systemd-cryptsetup said:\n%s", out)
 			// On a host without device-mapper, systemd 252 prints "Failed to activate
 			// with TPM2 acquired key: Operation not supported" once it has unsealed our
-			// token and the keyslot accepted the key (a wrong key is EPERM, a TPM failure
-			// "TPM2 operation failed, falling back to traditional unlocking").
+			// token and the keyslot accepted the key; the proof that the key is right is
+			// the independent unseal above.
 			if strings.Contains(out, "TPM2 operation failed") || strings.Contains(out, "Failed to unseal") {
 				t.Fatalf("systemd-cryptsetup could not unseal our token:\n%s", out)
 			}
 			if !strings.Contains(out, "Failed to activate with TPM2 acquired key: Operation not supported") {
 				t.Fatalf("systemd-cryptsetup did not get past the TPM2 unlock:\n%s", out)
+			}
+			// systemd-cryptsetup left its sessions loaded on the raw TPM; diskcryptd
+			// flushes them and still unseals.
+			got, err := p.Unseal(testCtx(t), unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{1}, JSON: marshalToken(t, e.Token, 1)})
+			if err != nil {
+				t.Fatalf("unseal after systemd-cryptsetup: %v", err)
+			}
+			if !tpmtest.KeyslotAccepts(t, img, 1, got) {
+				t.Fatal("our unseal after systemd-cryptsetup does not open keyslot 1")
 			}
 		})
 	}

@@ -95,6 +95,28 @@ func (p *Protector) open(ctx context.Context) (transport.TPMCloser, error) {
 	return Open(p.cfg.Device)
 }
 
+// withTPM opens the TPM and runs fn on it. On a TPM reached without a resource
+// manager, a failure for want of a free session or object slot means another process
+// left handles loaded (systemd-cryptsetup does): the stale handles are flushed and fn
+// runs once more.
+func (p *Protector) withTPM(ctx context.Context, fn func(t transport.TPM) error) error {
+	t, err := p.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	err = fn(t)
+	if err == nil || !memoryFull(err) || !withoutResourceManager(t) {
+		return err
+	}
+	n, ferr := FlushStale(ctx, t)
+	if ferr != nil {
+		return errors.Join(err, ferr)
+	}
+	p.log.Warn("the TPM (no resource manager) had no free slot; flushed the sessions and objects another process left loaded, retrying", "flushed", n)
+	return fn(t)
+}
+
 // Unseal implements unlock.Protector for "systemd-tpm2" tokens and "clevis" tokens
 // with the tpm2 pin; other tokens are unlock.ErrNotMine, and so is a blob that this
 // TPM's storage key cannot load (another machine's TPM).
@@ -129,52 +151,61 @@ func (p *Protector) unsealSystemd(ctx context.Context, tok unlock.Token) ([]byte
 		}
 		defer wipe(authValue)
 	}
-	t, err := p.open(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
-	}
-	defer t.Close()
-
 	var secret []byte
-	if st.SRK != "" {
-		raw, err := base64.StdEncoding.DecodeString(st.SRK)
-		if err != nil {
-			return nil, fmt.Errorf("token %d: tpm2_srk is not base64: %w", tok.ID, err)
-		}
-		srk, err := ParseSerializedSRK(raw)
-		if err != nil {
-			return nil, fmt.Errorf("token %d: %w", tok.ID, err)
-		}
-		parent, err := LoadPersistent(ctx, t, srk.Handle, srk.Name)
-		if err != nil {
-			return nil, notMineIfWrongTPM(tok.ID, err)
-		}
-		secret, err = Unseal(ctx, t, parent, sealed, authValue)
-		if err != nil {
-			log.Debug("unseal failed", "error", err)
-			return nil, notMineIfWrongTPM(tok.ID, err)
-		}
-	} else {
-		algs := []PrimaryAlg{PrimaryAlg(st.PrimaryAlg)}
-		if st.PrimaryAlg == "" {
-			algs = []PrimaryAlg{PrimaryECC, PrimaryRSA}
-		}
-		for i, alg := range algs {
-			secret, err = p.unsealUnderPrimary(ctx, t, alg, sealed, authValue)
-			if err == nil || !errors.Is(err, ErrWrongTPM) || i == len(algs)-1 {
-				break
-			}
-		}
-		if err != nil {
-			log.Debug("unseal failed", "error", err)
-			return nil, notMineIfWrongTPM(tok.ID, err)
-		}
+	err = p.withTPM(ctx, func(t transport.TPM) error {
+		var err error
+		secret, err = p.unsealSystemdOn(ctx, t, tok.ID, st, sealed, authValue)
+		return err
+	})
+	if err != nil {
+		log.Debug("unseal failed", "error", err)
+		return nil, err
 	}
 	defer wipe(secret)
 	log.Debug("unsealed")
 	out := make([]byte, base64.StdEncoding.EncodedLen(len(secret)))
 	base64.StdEncoding.Encode(out, secret)
 	return out, nil
+}
+
+// unsealSystemdOn unseals a systemd token's object on t, under the persistent SRK
+// the token names or under a transient primary key of the token's algorithm.
+func (p *Protector) unsealSystemdOn(ctx context.Context, t transport.TPM, id int, st *SystemdToken, sealed *Sealed, authValue []byte) ([]byte, error) {
+	if st.SRK != "" {
+		raw, err := base64.StdEncoding.DecodeString(st.SRK)
+		if err != nil {
+			return nil, fmt.Errorf("token %d: tpm2_srk is not base64: %w", id, err)
+		}
+		srk, err := ParseSerializedSRK(raw)
+		if err != nil {
+			return nil, fmt.Errorf("token %d: %w", id, err)
+		}
+		parent, err := LoadPersistent(ctx, t, srk.Handle, srk.Name)
+		if err != nil {
+			return nil, notMineIfWrongTPM(id, err)
+		}
+		secret, err := Unseal(ctx, t, parent, sealed, authValue)
+		if err != nil {
+			return nil, notMineIfWrongTPM(id, err)
+		}
+		return secret, nil
+	}
+	algs := []PrimaryAlg{PrimaryAlg(st.PrimaryAlg)}
+	if st.PrimaryAlg == "" {
+		algs = []PrimaryAlg{PrimaryECC, PrimaryRSA}
+	}
+	var secret []byte
+	var err error
+	for i, alg := range algs {
+		secret, err = p.unsealUnderPrimary(ctx, t, alg, sealed, authValue)
+		if err == nil || !errors.Is(err, ErrWrongTPM) || i == len(algs)-1 {
+			break
+		}
+	}
+	if err != nil {
+		return nil, notMineIfWrongTPM(id, err)
+	}
+	return secret, nil
 }
 
 func (p *Protector) unsealUnderPrimary(ctx context.Context, t transport.TPM, alg PrimaryAlg, s *Sealed, authValue []byte) ([]byte, error) {
@@ -222,12 +253,12 @@ func (p *Protector) unsealClevis(ctx context.Context, tok unlock.Token) ([]byte,
 		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
 	}
 	log := p.log.With("token", tok.ID, "type", tok.Type, "pcrs", FormatPCRs(sealed.Policy.PCRs), "bank", BankName(sealed.Policy.bank()))
-	t, err := p.open(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
-	}
-	defer t.Close()
-	jwkJSON, err := p.unsealUnderPrimary(ctx, t, alg, sealed, nil)
+	var jwkJSON []byte
+	err = p.withTPM(ctx, func(t transport.TPM) error {
+		var err error
+		jwkJSON, err = p.unsealUnderPrimary(ctx, t, alg, sealed, nil)
+		return err
+	})
 	if err != nil {
 		log.Debug("unseal failed", "error", err)
 		return nil, notMineIfWrongTPM(tok.ID, err)
@@ -264,27 +295,28 @@ func (p *Protector) Enroll(ctx context.Context) (*unlock.Enrollment, error) {
 		}
 		defer wipe(authValue)
 	}
-	t, err := p.open(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer t.Close()
-	parent, err := CreatePrimary(ctx, t, p.cfg.PrimaryAlg)
-	if err != nil {
-		return nil, err
-	}
-	defer parent.Close(t)
 	secret, err := NewSecret()
 	if err != nil {
 		return nil, err
 	}
 	defer wipe(secret)
-	sealed, err := Seal(ctx, t, parent, secret, policy, authValue)
+	var sealed *Sealed
+	var alg PrimaryAlg
+	err = p.withTPM(ctx, func(t transport.TPM) error {
+		parent, err := CreatePrimary(ctx, t, p.cfg.PrimaryAlg)
+		if err != nil {
+			return err
+		}
+		defer parent.Close(t)
+		alg = parent.Alg
+		sealed, err = Seal(ctx, t, parent, secret, policy, authValue)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
 	pass := make([]byte, base64.StdEncoding.EncodedLen(len(secret)))
 	base64.StdEncoding.Encode(pass, secret)
-	p.log.Debug("enrolled", "pcrs", FormatPCRs(policy.PCRs), "bank", BankName(policy.bank()), "pin", policy.PIN, "primary", parent.Alg)
-	return &unlock.Enrollment{Passphrase: pass, Token: SystemdTokenJSON(sealed, parent.Alg)}, nil
+	p.log.Debug("enrolled", "pcrs", FormatPCRs(policy.PCRs), "bank", BankName(policy.bank()), "pin", policy.PIN, "primary", alg)
+	return &unlock.Enrollment{Passphrase: pass, Token: SystemdTokenJSON(sealed, alg)}, nil
 }

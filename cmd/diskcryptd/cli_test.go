@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -343,6 +344,30 @@ func TestSystemdUnsealsOurEnrolment(t *testing.T) {
 	if bytes.Contains(out, []byte("TPM2 operation failed")) || bytes.Contains(out, []byte("Failed to unseal")) ||
 		!bytes.Contains(out, []byte("Failed to activate with TPM2 acquired key: Operation not supported")) {
 		t.Fatalf("systemd-cryptsetup did not unlock the keyslot with our TPM2 token:\n%s", out)
+	}
+	// That output is also what a wrong key would give once device-mapper is missing:
+	// prove the key systemd derives opens the keyslot, with an independent unseal.
+	tokOut, err := exec.Command("cryptsetup", "token", "export", "--token-id", "0", img).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		Keyslots []string `json:"keyslots"`
+	}
+	if err := json.Unmarshal(tokOut, &tok); err != nil || len(tok.Keyslots) != 1 {
+		t.Fatalf("token 0: %v %s", err, tokOut)
+	}
+	slot, _ := strconv.Atoi(tok.Keyslots[0])
+	pass, err := tpmtest.UnsealWithTools(t, spec, tokOut, "")
+	if err != nil {
+		t.Fatalf("tpm2-tools could not unseal the CLI's token: %v", err)
+	}
+	if !tpmtest.KeyslotAccepts(t, img, slot, pass) {
+		t.Fatal("the passphrase systemd derives does not open the TPM2 keyslot")
+	}
+	pass[len(pass)/2] ^= 1
+	if tpmtest.KeyslotAccepts(t, img, slot, pass) {
+		t.Fatal("the keyslot accepted a wrong passphrase: the check cannot fail")
 	}
 }
 
