@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/anatol/luks.go v0.0.0-20260615185044-2658459c8ca5
 	github.com/coreos/go-systemd/v22 v22.7.0
+	github.com/go-jose/go-jose/v4 v4.1.8
 	github.com/google/go-tpm v0.9.8
 	github.com/hashicorp/go-hclog v1.6.3
 	golang.org/x/crypto v0.58.0

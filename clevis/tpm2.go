@@ -1,0 +1,115 @@
+package clevis
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/diskcryptd/diskcryptd/tpm"
+)
+
+// TPMDevice serves tpm2 pins with package tpm: clevis's primary key (the tpm2-tools
+// default ECC template, equal to systemd's), a sealed keyed-hash object under a
+// PolicyPCR policy. Calls are serialized: a TPM is one resource.
+type TPMDevice struct {
+	// Device is the TPM in systemd's syntax ("" for /dev/tpmrm0, "swtpm:path=SOCK").
+	Device string
+	// Open, if set, opens the TPM instead of Device.
+	Open func(ctx context.Context) (transport.TPMCloser, error)
+
+	mu sync.Mutex
+}
+
+var _ TPM2 = (*TPMDevice)(nil)
+
+func (d *TPMDevice) open(ctx context.Context) (transport.TPMCloser, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if d.Open != nil {
+		return d.Open(ctx)
+	}
+	return tpm.Open(d.Device)
+}
+
+// Seal implements TPM2.
+func (d *TPMDevice) Seal(ctx context.Context, secret []byte, pcrIDs, bank string) (*tpm.ClevisTPM2, error) {
+	var pcrs []int
+	if pcrIDs != "" {
+		var err error
+		if pcrs, _, err = tpm.ParsePCRs(strings.ReplaceAll(pcrIDs, ",", "+")); err != nil {
+			return nil, err
+		}
+	}
+	alg, err := tpm.ParseBank(bank)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, err := d.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	parent, err := tpm.CreatePrimary(ctx, t, tpm.PrimaryECC)
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close(t)
+	s, err := tpm.Seal(ctx, t, parent, secret, tpm.Policy{PCRs: pcrs, Bank: alg}, nil)
+	if err != nil {
+		return nil, err
+	}
+	b64 := base64.RawURLEncoding.EncodeToString
+	h := &tpm.ClevisTPM2{
+		Hash:    "sha256",
+		Key:     "ecc",
+		JWKPub:  b64(tpm2.Marshal(s.Public)),
+		JWKPriv: b64(tpm2.Marshal(s.Private)),
+	}
+	if len(pcrs) > 0 {
+		h.PCRBank = tpm.BankName(alg)
+		parts := make([]string, len(pcrs))
+		for i, p := range pcrs {
+			parts[i] = fmt.Sprint(p)
+		}
+		h.PCRIDs = strings.Join(parts, ",")
+	}
+	return h, nil
+}
+
+// Unseal implements TPM2.
+func (d *TPMDevice) Unseal(ctx context.Context, h *tpm.ClevisTPM2) ([]byte, error) {
+	if h == nil {
+		return nil, errors.New("clevis: tpm2 pin without header")
+	}
+	ct := &tpm.ClevisToken{TPM2: *h}
+	sealed, err := ct.Sealed()
+	if err != nil {
+		return nil, err
+	}
+	alg, err := ct.PrimaryAlg()
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, err := d.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	parent, err := tpm.CreatePrimary(ctx, t, alg)
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close(t)
+	return tpm.Unseal(ctx, t, parent, sealed, nil)
+}
