@@ -56,6 +56,10 @@ var (
 	// a mode without a per-sector IV, or a key size the cipher does not take. A header
 	// edited to name one is refused before any key is derived. It wraps ErrUnsupported.
 	ErrUnsupportedCipher = fmt.Errorf("%w: encryption not allowed", ErrUnsupported)
+	// ErrKDFCost means a keyslot's or digest's KDF asks for more than the Volume's
+	// KDFLimits allow (by default cryptsetup's limits, and no more Argon2 memory than
+	// the machine has available): the keyslot is skipped without running its KDF.
+	ErrKDFCost = errors.New("luks2: KDF cost exceeds the limits")
 	// ErrDeviceTooSmall means the device cannot hold the metadata and any data.
 	ErrDeviceTooSmall = errors.New("luks2: device too small")
 )

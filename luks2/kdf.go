@@ -3,8 +3,6 @@ package luks2
 import (
 	"bufio"
 	"context"
-	"crypto/hmac"
-	"encoding/binary"
 	"fmt"
 	"hash"
 	"os"
@@ -89,41 +87,16 @@ func (p KDFParams) options() KDFOptions {
 	return KDFOptions{Type: p.Type, Iterations: p.Time, MemoryKiB: p.MemoryKiB, Parallel: p.Parallel}
 }
 
-// pbkdf2Key is PBKDF2 (RFC 8018 §5.2) with HMAC over h. Unlike crypto/pbkdf2 it takes
-// the password as bytes, so that callers can wipe it.
-func pbkdf2Key(h func() hash.Hash, password, salt []byte, iter, keyLen int) []byte {
-	prf := hmac.New(h, password)
-	hLen := prf.Size()
-	n := (keyLen + hLen - 1) / hLen
-	out := make([]byte, 0, n*hLen)
-	var ctr [4]byte
-	u := make([]byte, hLen)
-	t := make([]byte, hLen)
-	for block := 1; block <= n; block++ {
-		prf.Reset()
-		prf.Write(salt)
-		binary.BigEndian.PutUint32(ctr[:], uint32(block))
-		prf.Write(ctr[:])
-		u = prf.Sum(u[:0])
-		copy(t, u)
-		for i := 1; i < iter; i++ {
-			prf.Reset()
-			prf.Write(u)
-			u = prf.Sum(u[:0])
-			for j := range t {
-				t[j] ^= u[j]
-			}
-		}
-		out = append(out, t...)
+// deriveKeyCtx runs the KDF of p over passphrase and salt. PBKDF2 checks ctx every
+// few milliseconds and stops, leaving no work behind, when it ends. Argon2
+// (golang.org/x/crypto/argon2) cannot be interrupted: it runs on its own goroutine
+// and deriveKeyCtx returns ctx.Err() as soon as ctx ends, but the abandoned
+// computation keeps its CPU time and memory until it finishes (its result is then
+// wiped). KDFLimits bound how long that can be; see the package doc.
+func deriveKeyCtx(ctx context.Context, p KDFParams, passphrase, salt []byte, keyLen int) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	wipe(u)
-	wipe(t)
-	wipe(out[keyLen:cap(out)])
-	return out[:keyLen]
-}
-
-// deriveKey runs the KDF of p over passphrase and salt.
-func deriveKey(p KDFParams, passphrase, salt []byte, keyLen int) ([]byte, error) {
 	switch p.Type {
 	case KDFPBKDF2:
 		nh, err := hashFunc(p.Hash)
@@ -133,50 +106,93 @@ func deriveKey(p KDFParams, passphrase, salt []byte, keyLen int) ([]byte, error)
 		if p.Iterations < 1 {
 			return nil, fmt.Errorf("%w: pbkdf2 iterations %d", ErrUnsupported, p.Iterations)
 		}
-		return pbkdf2Key(nh, passphrase, salt, p.Iterations, keyLen), nil
+		return pbkdf2Ctx(ctx, nh, passphrase, salt, p.Iterations, keyLen)
 	case KDFArgon2i, KDFArgon2id:
 		if p.Time < 1 || p.MemoryKiB < 8 || p.MemoryKiB > maxArgonMem || p.Parallel < 1 || p.Parallel > maxArgonLanes {
 			return nil, fmt.Errorf("%w: argon2 parameters", ErrUnsupported)
 		}
-		if p.Type == KDFArgon2i {
-			return argon2.Key(passphrase, salt, uint32(p.Time), uint32(p.MemoryKiB), uint8(p.Parallel), uint32(keyLen)), nil
+		argon := func(pw []byte) []byte {
+			if p.Type == KDFArgon2i {
+				return argon2.Key(pw, salt, uint32(p.Time), uint32(p.MemoryKiB), uint8(p.Parallel), uint32(keyLen))
+			}
+			return argon2.IDKey(pw, salt, uint32(p.Time), uint32(p.MemoryKiB), uint8(p.Parallel), uint32(keyLen))
 		}
-		return argon2.IDKey(passphrase, salt, uint32(p.Time), uint32(p.MemoryKiB), uint8(p.Parallel), uint32(keyLen)), nil
+		if ctx.Done() == nil {
+			return argon(passphrase), nil
+		}
+		pw := append([]byte(nil), passphrase...)
+		ch := make(chan []byte, 1)
+		go func() {
+			k := argon(pw)
+			wipe(pw)
+			ch <- k
+		}()
+		select {
+		case k := <-ch:
+			return k, nil
+		case <-ctx.Done():
+			go func() { wipe(<-ch) }()
+			return nil, ctx.Err()
+		}
 	}
 	return nil, fmt.Errorf("%w: kdf %q", ErrUnsupported, p.Type)
 }
 
-// deriveKeyCtx runs deriveKey and returns early with ctx.Err() when ctx ends; the
-// abandoned computation's result is wiped when it finishes.
-func deriveKeyCtx(ctx context.Context, p KDFParams, passphrase, salt []byte, keyLen int) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
+// KDFLimits bound the cost of a KDF that a header asks Unlock to run: a hostile or
+// careless header must not exhaust the memory of, or stall, a booting machine.
+// Beyond them a keyslot is refused with ErrKDFCost before anything is computed.
+type KDFLimits struct {
+	// MaxPBKDF2Iterations bounds keyslot and digest PBKDF2 iterations.
+	MaxPBKDF2Iterations int64
+	// MaxArgon2Time, MaxArgon2MemoryKiB and MaxArgon2Parallel bound Argon2's time
+	// cost, memory (KiB) and lanes.
+	MaxArgon2Time      int64
+	MaxArgon2MemoryKiB int64
+	MaxArgon2Parallel  int
+}
+
+// DefaultKDFLimits returns cryptsetup's limits (lib/crypto_backend/pbkdf_check.c:
+// PBKDF2 up to 2^32-1 iterations; Argon2 up to 4 GiB), our stricter Argon2 time
+// (2^24) and lanes (16) bounds, and Argon2 memory further bounded by the memory
+// available now (MemAvailable in /proc/meminfo, where the system has one): asking
+// for more would push the machine into the OOM killer rather than fail.
+func DefaultKDFLimits() KDFLimits {
+	l := KDFLimits{
+		MaxPBKDF2Iterations: maxIterations,
+		MaxArgon2Time:       maxArgonTime,
+		MaxArgon2MemoryKiB:  maxArgonMem,
+		MaxArgon2Parallel:   maxArgonLanes,
 	}
-	if ctx.Done() == nil {
-		return deriveKey(p, passphrase, salt, keyLen)
+	if avail := meminfoKiB("MemAvailable:"); avail > 0 && avail < l.MaxArgon2MemoryKiB {
+		l.MaxArgon2MemoryKiB = avail
 	}
-	type res struct {
-		k   []byte
-		err error
+	return l
+}
+
+// check returns ErrKDFCost when p exceeds l.
+func (l KDFLimits) check(p KDFParams) error {
+	switch p.Type {
+	case KDFPBKDF2:
+		if int64(p.Iterations) > l.MaxPBKDF2Iterations {
+			return fmt.Errorf("%w: pbkdf2 with %d iterations (limit %d)", ErrKDFCost, p.Iterations, l.MaxPBKDF2Iterations)
+		}
+	case KDFArgon2i, KDFArgon2id:
+		if int64(p.MemoryKiB) > l.MaxArgon2MemoryKiB {
+			return fmt.Errorf("%w: %s needs %d MiB of memory, %d MiB available", ErrKDFCost, p.Type, p.MemoryKiB>>10, l.MaxArgon2MemoryKiB>>10)
+		}
+		if int64(p.Time) > l.MaxArgon2Time || p.Parallel > l.MaxArgon2Parallel {
+			return fmt.Errorf("%w: %s time %d parallel %d (limits %d, %d)", ErrKDFCost, p.Type, p.Time, p.Parallel, l.MaxArgon2Time, l.MaxArgon2Parallel)
+		}
 	}
-	pw := append([]byte(nil), passphrase...)
-	ch := make(chan res, 1)
-	go func() {
-		k, err := deriveKey(p, pw, salt, keyLen)
-		wipe(pw)
-		ch <- res{k, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.k, r.err
-	case <-ctx.Done():
-		go func() { r := <-ch; wipe(r.k) }()
-		return nil, ctx.Err()
-	}
+	return nil
 }
 
 // totalRAMKiB reads MemTotal from /proc/meminfo; 0 if unknown.
-func totalRAMKiB() int64 {
+func totalRAMKiB() int64 { return meminfoKiB("MemTotal:") }
+
+// meminfoKiB reads one field of /proc/meminfo in KiB; 0 if unknown (no /proc on
+// this system).
+func meminfoKiB(field string) int64 {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
 		return 0
@@ -185,7 +201,7 @@ func totalRAMKiB() int64 {
 	s := bufio.NewScanner(f)
 	for s.Scan() {
 		fs := strings.Fields(s.Text())
-		if len(fs) >= 2 && fs[0] == "MemTotal:" {
+		if len(fs) >= 2 && fs[0] == field {
 			v, _ := strconv.ParseInt(fs[1], 10, 64)
 			return v
 		}

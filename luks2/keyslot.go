@@ -88,6 +88,13 @@ func (v *Volume) openSlot(ctx context.Context, m *metadata, id int, passphrase [
 	if err := readFull(v.dev, material, int64(ks.Area.Offset)); err != nil {
 		return nil, fmt.Errorf("luks2: reading keyslot %d area: %w", id, err)
 	}
+	lim := v.kdfLimits()
+	if err := lim.check(kdfParamsOf(ks.KDF)); err != nil {
+		return nil, fmt.Errorf("luks2: keyslot %d: %w", id, err)
+	}
+	if err := lim.check(KDFParams{Type: KDFPBKDF2, Iterations: dg.dg.Iterations}); err != nil {
+		return nil, fmt.Errorf("luks2: keyslot %d digest: %w", id, err)
+	}
 	ak, err := deriveKeyCtx(ctx, kdfParamsOf(ks.KDF), passphrase, salt, ks.Area.KeySize)
 	if err != nil {
 		return nil, fmt.Errorf("luks2: keyslot %d: %w", id, err)
@@ -103,8 +110,12 @@ func (v *Volume) openSlot(ctx context.Context, m *metadata, id int, passphrase [
 	if err != nil {
 		return nil, err
 	}
-	if !digestMatches(dg, key) {
+	ok, err := digestMatchesCtx(ctx, dg, key)
+	if err != nil || !ok {
 		wipe(key)
+		if err != nil {
+			return nil, fmt.Errorf("luks2: keyslot %d: %w", id, err)
+		}
 		return nil, ErrNoKeyslotAccepts
 	}
 	vk := &VolumeKey{b: key}
@@ -114,14 +125,23 @@ func (v *Volume) openSlot(ctx context.Context, m *metadata, id int, passphrase [
 // digestMatches computes the pbkdf2 digest (§3.8) of key and compares it in constant
 // time.
 func digestMatches(d *digestEntry, key []byte) bool {
+	ok, _ := digestMatchesCtx(context.Background(), d, key)
+	return ok
+}
+
+// digestMatchesCtx is digestMatches that stops when ctx ends.
+func digestMatchesCtx(ctx context.Context, d *digestEntry, key []byte) (bool, error) {
 	nh, err := hashFunc(d.dg.Hash)
 	if err != nil {
-		return false
+		return false, nil
 	}
-	sum := pbkdf2Key(nh, key, d.salt, d.dg.Iterations, len(d.digest))
+	sum, err := pbkdf2Ctx(ctx, nh, key, d.salt, d.dg.Iterations, len(d.digest))
+	if err != nil {
+		return false, err
+	}
 	ok := subtle.ConstantTimeCompare(sum, d.digest) == 1
 	wipe(sum)
-	return ok
+	return ok, nil
 }
 
 // Unlock recovers the volume key with passphrase (or key file contents), trying the

@@ -25,6 +25,26 @@ type Volume struct {
 	saltP, saltS [lenSalt]byte
 	// roReason is non-nil when the volume cannot be written or activated here.
 	roReason error
+	// limits, when set, replace DefaultKDFLimits for Unlock.
+	limits *KDFLimits
+}
+
+// SetKDFLimits replaces the KDF cost limits Unlock and UnlockKeyslot apply (by
+// default DefaultKDFLimits, computed at each unlock).
+func (v *Volume) SetKDFLimits(l KDFLimits) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.limits = &l
+}
+
+func (v *Volume) kdfLimits() KDFLimits {
+	v.mu.Lock()
+	l := v.limits
+	v.mu.Unlock()
+	if l != nil {
+		return *l
+	}
+	return DefaultKDFLimits()
 }
 
 // OpenDevice reads the LUKS2 headers of dev, whose size in bytes is size. The Volume
