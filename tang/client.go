@@ -118,7 +118,9 @@ func (c *Client) do(ctx context.Context, base, op, method, path string, body []b
 		backoff = 250 * time.Millisecond
 	}
 	var last error
+	tries := 0
 	for try := 1; try <= attempts; try++ {
+		tries = try
 		if try > 1 {
 			t := time.NewTimer(backoff)
 			select {
@@ -139,8 +141,8 @@ func (c *Client) do(ctx context.Context, base, op, method, path string, body []b
 			break
 		}
 	}
-	if attempts > 1 {
-		last = fmt.Errorf("%w (%d tries)", last, attempts)
+	if tries > 1 {
+		last = fmt.Errorf("%w (%d tries)", last, tries)
 	}
 	return nil, &Error{URL: base, Op: op, Err: last}
 }

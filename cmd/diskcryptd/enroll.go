@@ -13,14 +13,19 @@ import (
 
 func cmdEnroll(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
-		return usageErrorf("usage: diskcryptd enroll tpm2|recovery --key-file EXISTING DEVICE")
+		return usageErrorf("usage: diskcryptd enroll tpm2|recovery|clevis --key-file EXISTING DEVICE")
 	}
 	kind, args := args[0], args[1:]
 	f := newFlags(e, "enroll "+kind, "--key-file EXISTING [flags] DEVICE")
 	keyFile := f.String("key-file", "", "an existing passphrase, key file or recovery key (- for stdin)")
 	var tf tpmFlags
+	var cf clevisFlags
 	if kind == "tpm2" {
 		tf.register(f, true)
+	}
+	if kind == "clevis" {
+		tf.register(f, false)
+		cf.registerEnroll(f)
 	}
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
@@ -36,8 +41,12 @@ func cmdEnroll(ctx context.Context, e *env, args []string) error {
 		enr = p
 	case "recovery":
 		enr = recoveryEnroller{}
+	case "clevis":
+		if enr, err = cf.enroller(e, tf.device); err != nil {
+			return err
+		}
 	default:
-		return usageErrorf("unknown protector %q (tpm2, recovery)", kind)
+		return usageErrorf("unknown protector %q (tpm2, recovery, clevis)", kind)
 	}
 	existing, err := readKeyFile(e, *keyFile)
 	if err != nil {

@@ -272,9 +272,12 @@ func orDash(s string) string { return orNone(s, "-") }
 
 func cmdToken(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
-		return usageErrorf("usage: diskcryptd token import|export|remove|list ...")
+		return usageErrorf("usage: diskcryptd token import|export|remove|list|regen ...")
 	}
 	sub, args := args[0], args[1:]
+	if sub == "regen" {
+		return cmdTokenRegen(ctx, e, args)
+	}
 	f := newFlags(e, "token "+sub, "[--token-id N] [--json-file F] [--key-slot N] DEVICE")
 	id := f.Int("token-id", luks2.AnyToken, "token id")
 	jsonFile := f.String("json-file", "-", "token JSON file for import (- for stdin)")
@@ -353,11 +356,15 @@ func cmdToken(ctx context.Context, e *env, args []string) error {
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "TOKEN\tTYPE\tKEYSLOTS")
 		for _, t := range md.Tokens {
-			fmt.Fprintf(tw, "%d\t%s\t%s\n", t.ID, t.Type, orDash(joinInts(t.Keyslots)))
+			line := fmt.Sprintf("%d\t%s\t%s", t.ID, t.Type, orDash(joinInts(t.Keyslots)))
+			if raw, err := v.ExportToken(t.ID); err == nil && t.Type == "clevis" {
+				line += "\t" + orDash(clevisSummary(raw))
+			}
+			fmt.Fprintln(tw, line)
 		}
 		return tw.Flush()
 	}
-	return usageErrorf("unknown token command %q (import, export, remove, list)", sub)
+	return usageErrorf("unknown token command %q (import, export, remove, list, regen)", sub)
 }
 
 // bindTokenToKeyslot adds slot to the token's "keyslots" array, as cryptsetup token

@@ -73,7 +73,7 @@ func commands() []command {
 		{"header", "back up or restore the LUKS2 header", cmdHeader},
 		{"repair", "rewrite a damaged header copy from the good one", cmdRepair},
 		{"erase", "destroy every keyslot: the data becomes unreadable", cmdErase},
-		{"enroll", "add a protector: tpm2 or recovery", cmdEnroll},
+		{"enroll", "add a protector: tpm2, recovery or clevis (tang, tpm2, sss)", cmdEnroll},
 		{"unlock", "recover the volume key through tokens or a key file, and map the volume", cmdUnlock},
 		{"lock", "remove a volume's mapping", cmdLock},
 		{"status", "list mapped volumes, and the daemon's view of its volumes", cmdStatus},

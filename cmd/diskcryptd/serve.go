@@ -43,10 +43,16 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var cf clevisFlags
+	cf.timeout, cf.attempts = 5*time.Second, 3
+	cp, err := cf.protector(e, cfg.TPMDevice)
+	if err != nil {
+		return err
+	}
 	d := &daemon.Daemon{
 		Config: cfg,
 		Protectors: func(daemon.VolumeConfig) []unlock.Protector {
-			return []unlock.Protector{auditedTPM{prot, cfg.TPMDevice}}
+			return []unlock.Protector{cp, auditedTPM{prot, cfg.TPMDevice}}
 		},
 		Measure: func(ctx context.Context, pcr int, name, uuid string, key []byte) error {
 			return measure(ctx, cfg.TPMDevice, pcr, name, uuid, key)

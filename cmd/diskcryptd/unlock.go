@@ -29,10 +29,11 @@ type unlockFlags struct {
 	timeout    time.Duration
 	measurePCR int
 	tpm        tpmFlags
+	clevis     clevisFlags
 }
 
 func cmdUnlock(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "unlock", "[--test] [--key-file F] [--tpm2-device DEV] DEVICE [NAME]")
+	f := newFlags(e, "unlock", "[--test] [--key-file F] [--tpm2-device DEV] DEVICE [NAME] | --test DEVICE...")
 	var u unlockFlags
 	f.BoolVar(&u.test, "test", false, "recover the volume key only; map nothing")
 	f.StringVar(&u.keyFile, "key-file", "", "passphrase, key file or recovery key (- for stdin) instead of the tokens")
@@ -45,9 +46,16 @@ func cmdUnlock(ctx context.Context, e *env, args []string) error {
 	f.DurationVar(&u.timeout, "token-timeout", 30*time.Second, "deadline for each token")
 	f.IntVar(&u.measurePCR, "tpm2-measure-pcr", -1, "after unlocking, measure the volume into this PCR (systemd uses 15)")
 	u.tpm.register(f, false)
-	pos, err := f.parse(args, 1, 2)
+	u.clevis.register(f)
+	pos, err := f.parse(args, 1, -1)
 	if err != nil {
 		return err
+	}
+	if u.test && len(pos) > 1 {
+		return unlockTestMany(ctx, e, pos, &u)
+	}
+	if len(pos) > 2 {
+		return usageErrorf("several devices only with --test: diskcryptd unlock --test DEVICE...")
 	}
 	if !u.test && len(pos) != 2 {
 		return usageErrorf("a mapping name is needed: diskcryptd unlock DEVICE NAME (or --test)")
@@ -94,7 +102,11 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 	if err != nil {
 		return nil, "", err
 	}
-	prots := []unlock.Protector{auditedTPM{p, u.tpm.device}}
+	cp, err := u.clevis.protector(e, u.tpm.device)
+	if err != nil {
+		return nil, "", err
+	}
+	prots := []unlock.Protector{cp, auditedTPM{p, u.tpm.device}}
 	vk, rep, err := daemon.RecoverKey(ctx, v, prots, u.timeout, e.log)
 	daemon.EmitReleases(ctx, auditLogger(e), rep, prots, volumeRecord(audit.KindKeyRelease, "", v))
 	if err != nil {
