@@ -42,7 +42,20 @@
 // # Tokens
 //
 // systemd-tpm2 tokens are written as systemd 252 writes them and read with the fields
-// later versions add (tpm2_srk, tpm2_salt); signed PCR policies (tpm2_pubkey) are
-// recognised and refused with ErrSignedPolicyUnsupported. clevis tokens with the tpm2
-// pin are read only.
+// later versions add (tpm2_srk, tpm2_salt); systemd-pcrlock policies (tpm2_pcrlock)
+// are recognised and refused with ErrSignedPolicyUnsupported. clevis tokens with the
+// tpm2 pin are read only.
+//
+// # Signed PCR policies
+//
+// A token with "tpm2_pubkey" (base64 of a PEM RSA public key) and "tpm2_pubkey_pcrs"
+// is sealed to TPM2_PolicyAuthorize by that key (Part 3, 23.16) instead of to today's
+// PCR values: it unseals when the current values of those PCRs (PCR 11 for a unified
+// kernel image) give a PolicyPCR digest the key's owner signed. Signatures come in
+// systemd-measure's JSON ({"sha256":[{"pcrs":[11],"pkfp":…,"pol":…,"sig":…}]},
+// systemd-stub leaves it at DefaultSignaturePath). The policy is built as systemd 252
+// builds it: PolicyAuthorize (the key loaded with TPM2_LoadExternal under the owner
+// hierarchy, its public area as systemd writes it), then PolicyPCR over "tpm2-pcrs",
+// then PolicyAuthValue with a PIN. A signature for other PCR values is a
+// *SignatureMismatchError (ErrPCRSignatureMismatch); none at all is ErrNoPCRSignature.
 package tpm

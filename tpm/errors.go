@@ -21,9 +21,9 @@ var (
 	ErrLockout = errors.New("tpm: the TPM is in dictionary-attack lockout after too many failed PIN attempts; wait for it to expire or reset it with the lockout authorization")
 	// ErrPINRequired means the token needs a PIN and no PIN source was given.
 	ErrPINRequired = errors.New("tpm: token requires a PIN and no PIN source is configured")
-	// ErrSignedPolicyUnsupported means the token uses a signed PCR policy
-	// (tpm2_pubkey, PolicyAuthorize), which this package does not unseal yet.
-	ErrSignedPolicyUnsupported = errors.New("tpm: signed PCR policies (tpm2_pubkey) are not supported yet")
+	// ErrSignedPolicyUnsupported means the token's policy is one this package does
+	// not unseal: systemd-pcrlock's NV-index policy (tpm2_pcrlock).
+	ErrSignedPolicyUnsupported = errors.New("tpm: systemd-pcrlock policies (tpm2_pcrlock) are not supported")
 	// ErrWrongTPM means the sealed object cannot be loaded under this TPM's
 	// storage key: it was sealed by another TPM, or under another primary key.
 	ErrWrongTPM = errors.New("tpm: the sealed object does not belong to this TPM's storage key")

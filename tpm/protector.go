@@ -36,6 +36,15 @@ type Config struct {
 	EnrollWithPIN bool
 	// PIN supplies PINs for enrolment and for tokens that need one.
 	PIN PINFunc
+	// PublicKey, if set, is the PEM RSA public key whose signatures new enrolments
+	// accept for the PCRs in PublicKeyPCRs (a signed policy, systemd's
+	// --tpm2-public-key). PCRs then lists PCRs bound to today's values besides.
+	PublicKey []byte
+	// PublicKeyPCRs are the PCRs whose signed values unlock (default: 11).
+	PublicKeyPCRs []int
+	// Signature is systemd-measure's PCR signature JSON for tokens with a signed
+	// policy; "" reads DefaultSignaturePath when it exists. Read at each unseal.
+	Signature string
 	// Logger receives diagnostics (never secrets). nil discards them.
 	Logger hclog.Logger
 }
@@ -65,6 +74,14 @@ func NewProtector(cfg Config) (*Protector, error) {
 	for _, p := range cfg.PCRs {
 		if p < 0 || p > MaxPCR {
 			return nil, fmt.Errorf("tpm: PCR %d out of range", p)
+		}
+	}
+	if len(cfg.PublicKey) > 0 {
+		if len(cfg.PublicKeyPCRs) == 0 {
+			cfg.PublicKeyPCRs = DefaultSignedPCRs
+		}
+		if _, err := NewSignedPolicy(cfg.PublicKey, cfg.PublicKeyPCRs); err != nil {
+			return nil, err
 		}
 	}
 	if cfg.EnrollWithPIN && cfg.PIN == nil {
@@ -151,10 +168,17 @@ func (p *Protector) unsealSystemd(ctx context.Context, tok unlock.Token) ([]byte
 		}
 		defer wipe(authValue)
 	}
+	var sigs PCRSignatures
+	if sp := sealed.Policy.Signed; sp != nil {
+		if sigs, err = ReadPCRSignatures(p.cfg.Signature); err != nil {
+			return nil, fmt.Errorf("token %d: %w", tok.ID, err)
+		}
+		log = log.With("signed_pcrs", FormatPCRs(sp.PCRs), "key", sp.Fingerprint())
+	}
 	var secret []byte
 	err = p.withTPM(ctx, func(t transport.TPM) error {
 		var err error
-		secret, err = p.unsealSystemdOn(ctx, t, tok.ID, st, sealed, authValue)
+		secret, err = p.unsealSystemdOn(ctx, t, tok.ID, st, sealed, authValue, sigs)
 		return err
 	})
 	if err != nil {
@@ -170,7 +194,7 @@ func (p *Protector) unsealSystemd(ctx context.Context, tok unlock.Token) ([]byte
 
 // unsealSystemdOn unseals a systemd token's object on t, under the persistent SRK
 // the token names or under a transient primary key of the token's algorithm.
-func (p *Protector) unsealSystemdOn(ctx context.Context, t transport.TPM, id int, st *SystemdToken, sealed *Sealed, authValue []byte) ([]byte, error) {
+func (p *Protector) unsealSystemdOn(ctx context.Context, t transport.TPM, id int, st *SystemdToken, sealed *Sealed, authValue []byte, sigs PCRSignatures) ([]byte, error) {
 	if st.SRK != "" {
 		raw, err := base64.StdEncoding.DecodeString(st.SRK)
 		if err != nil {
@@ -184,7 +208,7 @@ func (p *Protector) unsealSystemdOn(ctx context.Context, t transport.TPM, id int
 		if err != nil {
 			return nil, notMineIfWrongTPM(id, err)
 		}
-		secret, err := Unseal(ctx, t, parent, sealed, authValue)
+		secret, err := UnsealSigned(ctx, t, parent, sealed, authValue, sigs)
 		if err != nil {
 			return nil, notMineIfWrongTPM(id, err)
 		}
@@ -197,7 +221,7 @@ func (p *Protector) unsealSystemdOn(ctx context.Context, t transport.TPM, id int
 	var secret []byte
 	var err error
 	for i, alg := range algs {
-		secret, err = p.unsealUnderPrimary(ctx, t, alg, sealed, authValue)
+		secret, err = p.unsealUnderPrimary(ctx, t, alg, sealed, authValue, sigs)
 		if err == nil || !errors.Is(err, ErrWrongTPM) || i == len(algs)-1 {
 			break
 		}
@@ -208,13 +232,13 @@ func (p *Protector) unsealSystemdOn(ctx context.Context, t transport.TPM, id int
 	return secret, nil
 }
 
-func (p *Protector) unsealUnderPrimary(ctx context.Context, t transport.TPM, alg PrimaryAlg, s *Sealed, authValue []byte) ([]byte, error) {
+func (p *Protector) unsealUnderPrimary(ctx context.Context, t transport.TPM, alg PrimaryAlg, s *Sealed, authValue []byte, sigs PCRSignatures) ([]byte, error) {
 	parent, err := CreatePrimary(ctx, t, alg)
 	if err != nil {
 		return nil, err
 	}
 	defer parent.Close(t)
-	return Unseal(ctx, t, parent, s, authValue)
+	return UnsealSigned(ctx, t, parent, s, authValue, sigs)
 }
 
 func notMineIfWrongTPM(id int, err error) error {
@@ -256,7 +280,7 @@ func (p *Protector) unsealClevis(ctx context.Context, tok unlock.Token) ([]byte,
 	var jwkJSON []byte
 	err = p.withTPM(ctx, func(t transport.TPM) error {
 		var err error
-		jwkJSON, err = p.unsealUnderPrimary(ctx, t, alg, sealed, nil)
+		jwkJSON, err = p.unsealUnderPrimary(ctx, t, alg, sealed, nil, nil)
 		return err
 	})
 	if err != nil {
@@ -282,11 +306,18 @@ func (p *Protector) unsealClevis(ctx context.Context, tok unlock.Token) ([]byte,
 }
 
 // Enroll implements unlock.Enroller: it seals a new random 32-byte secret to the
-// configured PCRs (and PIN) under systemd's primary key and returns a
+// configured PCRs (signed PCRs with PublicKey, and a PIN) under systemd's primary key and returns a
 // "systemd-tpm2" token as systemd 252 writes it, with the keyslot passphrase
 // base64(secret).
 func (p *Protector) Enroll(ctx context.Context) (*unlock.Enrollment, error) {
 	policy := Policy{PCRs: p.cfg.PCRs, Bank: p.bank, PIN: p.cfg.EnrollWithPIN}
+	if len(p.cfg.PublicKey) > 0 {
+		sp, err := NewSignedPolicy(p.cfg.PublicKey, p.cfg.PublicKeyPCRs)
+		if err != nil {
+			return nil, err
+		}
+		policy.Signed = sp
+	}
 	var authValue []byte
 	if policy.PIN {
 		var err error

@@ -38,9 +38,12 @@ func PINAuthValue(pin, salt []byte) []byte {
 	return sum[:]
 }
 
-// Policy describes a sealed object's policy: PolicyPCR over PCRs of Bank, then
-// PolicyAuthValue if PIN.
+// Policy describes a sealed object's policy, in systemd's order: PolicyAuthorize by
+// Signed's key if set, then PolicyPCR over PCRs of Bank, then PolicyAuthValue if PIN.
 type Policy struct {
+	// Signed, if set, binds the object to PCR values the key's owner signs
+	// (systemd's tpm2_pubkey) rather than to today's values.
+	Signed *SignedPolicy
 	// PCRs are the PCR indexes the policy covers (may be empty).
 	PCRs []int
 	// Bank is the PCR bank (TPMAlgSHA256 if zero).
@@ -85,6 +88,11 @@ func (p Policy) Digest(ctx context.Context, t transport.TPM) ([]byte, error) {
 		return nil, fmt.Errorf("tpm: start trial session: %w", err)
 	}
 	defer func() { _ = closeSess() }()
+	if p.Signed != nil {
+		if err := p.Signed.trialAuthorize(tc, sess.Handle()); err != nil {
+			return nil, err
+		}
+	}
 	if err := p.run(tc, sess.Handle(), true); err != nil {
 		return nil, err
 	}
@@ -188,7 +196,18 @@ func Seal(ctx context.Context, t transport.TPM, parent *Key, secret []byte, poli
 // satisfy is reported as ErrPolicyMismatch before the object is used, so it does not
 // count towards dictionary-attack lockout. The caller wipes the result.
 func Unseal(ctx context.Context, t transport.TPM, parent *Key, s *Sealed, authValue []byte) ([]byte, error) {
+	return UnsealSigned(ctx, t, parent, s, authValue, nil)
+}
+
+// UnsealSigned is Unseal for objects whose policy may be signed (Policy.Signed):
+// sigs holds the PCR signatures (systemd-measure's JSON) to authorize it with. A
+// signed policy without a matching signature is ErrNoPCRSignature or a
+// *SignatureMismatchError (errors.Is ErrPCRSignatureMismatch).
+func UnsealSigned(ctx context.Context, t transport.TPM, parent *Key, s *Sealed, authValue []byte, sigs PCRSignatures) ([]byte, error) {
 	tc := withContext(ctx, t)
+	if s.Policy.Signed != nil && sigs == nil {
+		return nil, ErrNoPCRSignature
+	}
 	if s.Policy.PIN && len(authValue) == 0 {
 		return nil, ErrPINRequired
 	}
@@ -224,6 +243,11 @@ func Unseal(ctx context.Context, t transport.TPM, parent *Key, s *Sealed, authVa
 		return nil, err
 	}
 	defer sess.flush(t)
+	if s.Policy.Signed != nil {
+		if err := s.Policy.Signed.authorize(tc, sess.Handle(), s.Policy.bank(), sigs); err != nil {
+			return nil, fmt.Errorf("tpm: unseal (signed PCRs %s, bank %s): %w", FormatPCRs(s.Policy.Signed.PCRs), BankName(s.Policy.bank()), err)
+		}
+	}
 	if err := s.Policy.run(tc, sess.Handle(), false); err != nil {
 		return nil, err
 	}

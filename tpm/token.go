@@ -68,13 +68,24 @@ func ParseSystemdToken(b []byte) (*SystemdToken, error) {
 	return &t, nil
 }
 
-// Signed reports whether the token uses a signed PCR policy (PolicyAuthorize).
-func (t *SystemdToken) Signed() bool { return len(t.PubkeyPCRs) > 0 || t.PCRLock }
+// Signed reports whether the token uses a signed PCR policy (PolicyAuthorize by
+// tpm2_pubkey).
+func (t *SystemdToken) Signed() bool { return t.Pubkey != "" || len(t.PubkeyPCRs) > 0 }
 
 // Sealed decodes the token's sealed object and policy.
 func (t *SystemdToken) Sealed() (*Sealed, error) {
-	if t.Signed() {
+	if t.PCRLock {
 		return nil, ErrSignedPolicyUnsupported
+	}
+	var signed *SignedPolicy
+	if t.Signed() {
+		pemBytes, err := base64.StdEncoding.DecodeString(t.Pubkey)
+		if err != nil {
+			return nil, fmt.Errorf("tpm: tpm2_pubkey is not base64: %w", err)
+		}
+		if signed, err = NewSignedPolicy(pemBytes, t.PubkeyPCRs); err != nil {
+			return nil, fmt.Errorf("tpm: tpm2_pubkey: %w", err)
+		}
 	}
 	blob, err := base64.StdEncoding.DecodeString(t.Blob)
 	if err != nil {
@@ -93,7 +104,7 @@ func (t *SystemdToken) Sealed() (*Sealed, error) {
 			return nil, fmt.Errorf("tpm: tpm2-pcrs names PCR %d", p)
 		}
 	}
-	s := &Sealed{Private: priv, Public: pub, Policy: Policy{PCRs: t.PCRs, Bank: bank, PIN: t.PIN}}
+	s := &Sealed{Private: priv, Public: pub, Policy: Policy{PCRs: t.PCRs, Bank: bank, PIN: t.PIN, Signed: signed}}
 	if t.PolicyHash != "" {
 		if s.PolicyDigest, err = hex.DecodeString(t.PolicyHash); err != nil {
 			return nil, fmt.Errorf("tpm: tpm2-policy-hash is not hex: %w", err)
@@ -121,7 +132,7 @@ func SystemdTokenJSON(s *Sealed, alg PrimaryAlg) map[string]any {
 	if pcrs == nil {
 		pcrs = []int{}
 	}
-	return map[string]any{
+	tok := map[string]any{
 		"type":             TypeSystemd,
 		"tpm2-blob":        base64.StdEncoding.EncodeToString(s.Blob()),
 		"tpm2-pcrs":        pcrs,
@@ -130,6 +141,13 @@ func SystemdTokenJSON(s *Sealed, alg PrimaryAlg) map[string]any {
 		"tpm2-policy-hash": hex.EncodeToString(s.PolicyDigest),
 		"tpm2-pin":         s.Policy.PIN,
 	}
+	if sp := s.Policy.Signed; sp != nil {
+		// As systemd 252 writes a signed policy: the PEM text, base64, and the
+		// signed PCRs; "tpm2-pcrs" keeps the PCRs bound to today's values ([]).
+		tok["tpm2_pubkey"] = base64.StdEncoding.EncodeToString(sp.PEM)
+		tok["tpm2_pubkey_pcrs"] = sp.PCRs
+	}
+	return tok
 }
 
 // ClevisTPM2 is the "clevis"."tpm2" member of a clevis tpm2 JWE's protected header.

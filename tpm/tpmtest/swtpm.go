@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,15 +25,46 @@ func RequirePeer(t testing.TB, names ...string) {
 // cleanup.
 func StartSwtpm(t testing.TB) string {
 	t.Helper()
+	return NewSwtpm(t).Spec
+}
+
+// Swtpm is a running swtpm whose state folder outlives restarts, so a restart is a
+// reboot of the same machine: seeds and keys stay, PCRs start over.
+type Swtpm struct {
+	// Spec is the device spec, "swtpm:path=SOCKET".
+	Spec string
+	dir  string
+	stop func()
+}
+
+// NewSwtpm starts a fresh swtpm; it is killed at test cleanup.
+func NewSwtpm(t testing.TB) *Swtpm {
+	t.Helper()
 	RequirePeer(t, "swtpm")
 	dir, err := os.MkdirTemp("", "swtpm")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "sock")
+	s := &Swtpm{dir: dir}
+	s.start(t)
+	t.Cleanup(func() { s.stop() })
+	return s
+}
+
+// Reboot stops the swtpm and starts it again on the same state.
+func (s *Swtpm) Reboot(t testing.TB) {
+	t.Helper()
+	s.stop()
+	s.start(t)
+}
+
+func (s *Swtpm) start(t testing.TB) {
+	t.Helper()
+	sock := filepath.Join(s.dir, "sock")
+	_ = os.Remove(sock)
 	cmd := exec.Command("swtpm", "socket", "--tpm2",
-		"--tpmstate", "dir="+dir,
+		"--tpmstate", "dir="+s.dir,
 		"--ctrl", "type=unixio,path="+sock+".ctrl", // tpm2-tss's swtpm TCTI expects SOCK.ctrl
 		"--server", "type=unixio,path="+sock,
 		"--flags", "startup-clear")
@@ -41,10 +73,13 @@ func StartSwtpm(t testing.TB) string {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
+	var once sync.Once
+	s.stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			<-done
+		})
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.Dial("unix", sock)
@@ -58,9 +93,10 @@ func StartSwtpm(t testing.TB) string {
 		default:
 		}
 		if time.Now().After(deadline) {
+			s.stop()
 			t.Fatalf("swtpm socket %s did not appear: %v", sock, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return "swtpm:path=" + sock
+	s.Spec = "swtpm:path=" + sock
 }

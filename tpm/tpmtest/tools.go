@@ -2,7 +2,11 @@ package tpmtest
 
 import (
 	"bytes"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/pem"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -21,9 +25,26 @@ import (
 // primary key (ECC P-256 or RSA-2048, AES-128-CFB, restricted decrypt), loads the
 // token's blob under it, satisfies PolicyPCR (and PolicyAuthValue with SHA-256 of
 // pin) in a policy session salted with the primary key, and runs tpm2_unseal. An error
-// means the TPM refused (tpm2-tools' output is logged). Tokens with a salted PIN or a
-// signed policy are outside its reach (the test fails).
+// means the TPM refused (tpm2-tools' output is logged). Tokens with a salted PIN are
+// outside its reach (the test fails); for signed policies see UnsealSignedWithTools.
 func UnsealWithTools(t testing.TB, spec string, tokJSON []byte, pin string) ([]byte, error) {
+	t.Helper()
+	return unsealWithTools(t, spec, tokJSON, pin, nil)
+}
+
+// UnsealSignedWithTools is UnsealWithTools for a token with a signed PCR policy
+// (tpm2_pubkey): before PolicyPCR and PolicyAuthValue it loads the public key with
+// tpm2_loadexternal (systemd's public area, written out here byte by byte), runs
+// tpm2_policypcr over the signed PCRs, picks the signature of that digest from
+// sigJSON (systemd-measure's format), and satisfies tpm2_policyauthorize with the
+// ticket of tpm2_verifysignature.
+func UnsealSignedWithTools(t testing.TB, spec string, tokJSON []byte, pin string, sigJSON []byte) ([]byte, error) {
+	t.Helper()
+	RequirePeer(t, "tpm2_loadexternal", "tpm2_verifysignature", "tpm2_policyauthorize")
+	return unsealWithTools(t, spec, tokJSON, pin, sigJSON)
+}
+
+func unsealWithTools(t testing.TB, spec string, tokJSON []byte, pin string, sigJSON []byte) ([]byte, error) {
 	t.Helper()
 	RequirePeer(t, "tpm2_createprimary", "tpm2_load", "tpm2_startauthsession", "tpm2_policypcr",
 		"tpm2_policyauthvalue", "tpm2_unseal", "tpm2_flushcontext")
@@ -35,12 +56,16 @@ func UnsealWithTools(t testing.TB, spec string, tokJSON []byte, pin string) ([]b
 		PIN        bool   `json:"tpm2-pin"`
 		Salt       string `json:"tpm2_salt"`
 		Pubkey     string `json:"tpm2_pubkey"`
+		PubkeyPCRs []int  `json:"tpm2_pubkey_pcrs"`
 	}
 	if err := json.Unmarshal(tokJSON, &tok); err != nil {
 		t.Fatalf("token JSON: %v", err)
 	}
-	if tok.Salt != "" || tok.Pubkey != "" {
-		t.Fatal("UnsealWithTools: salted PINs and signed policies are not supported")
+	if tok.Salt != "" {
+		t.Fatal("UnsealWithTools: salted PINs are not supported")
+	}
+	if (tok.Pubkey != "") != (sigJSON != nil) {
+		t.Fatal("UnsealWithTools: a signed policy needs signatures, and only it")
 	}
 	blob, err := base64.StdEncoding.DecodeString(tok.Blob)
 	if err != nil || len(blob) < 4 {
@@ -85,19 +110,63 @@ func UnsealWithTools(t testing.TB, spec string, tokJSON []byte, pin string) ([]b
 	if bank == "" {
 		bank = "sha256"
 	}
+	pcrList := func(pcrs []int) string {
+		list := make([]string, len(pcrs))
+		for i, p := range pcrs {
+			list[i] = strconv.Itoa(p)
+		}
+		return bank + ":" + strings.Join(list, ",")
+	}
 	steps := [][]string{
 		{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", alg,
 			"-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt", "-c", f("primary.ctx")},
 		{"tpm2_load", "-C", f("primary.ctx"), "-u", f("pub"), "-r", f("priv"), "-c", f("obj.ctx")},
 		{"tpm2_flushcontext", "-t"}, // objects stay reachable through their context files
 		{"tpm2_startauthsession", "--policy-session", "-c", f("primary.ctx"), "-S", f("session.ctx")},
+		{"tpm2_flushcontext", "-t"},
+	}
+	for _, step := range steps {
+		if err := tool(step...); err != nil {
+			return nil, err
+		}
+	}
+	steps = nil
+	if tok.Pubkey != "" {
+		pemBytes, err := base64.StdEncoding.DecodeString(tok.Pubkey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f("key.pub"), systemdKeyPublic(t, pemBytes), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := tool("tpm2_loadexternal", "-C", "o", "-u", f("key.pub"), "-c", f("key.ctx"), "-n", f("key.name")); err != nil {
+			return nil, err
+		}
+		if err := tool("tpm2_flushcontext", "-t"); err != nil {
+			return nil, err
+		}
+		if err := tool("tpm2_policypcr", "-S", f("session.ctx"), "-l", pcrList(tok.PubkeyPCRs), "-L", f("approved")); err != nil {
+			return nil, err
+		}
+		approved, err := os.ReadFile(f("approved"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig := pickSignature(t, sigJSON, bank, approved)
+		if sig == nil {
+			return nil, errors.New("no signature in the file for the current PCR values")
+		}
+		if err := os.WriteFile(f("sig"), sig, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		steps = append(steps,
+			[]string{"tpm2_verifysignature", "-c", f("key.ctx"), "-g", "sha256", "-m", f("approved"),
+				"-s", f("sig"), "-f", "rsassa", "-t", f("ticket")},
+			[]string{"tpm2_flushcontext", "-t"},
+			[]string{"tpm2_policyauthorize", "-S", f("session.ctx"), "-i", f("approved"), "-n", f("key.name"), "-t", f("ticket")})
 	}
 	if len(tok.PCRs) > 0 {
-		list := make([]string, len(tok.PCRs))
-		for i, p := range tok.PCRs {
-			list[i] = strconv.Itoa(p)
-		}
-		steps = append(steps, []string{"tpm2_policypcr", "-S", f("session.ctx"), "-l", bank + ":" + strings.Join(list, ",")})
+		steps = append(steps, []string{"tpm2_policypcr", "-S", f("session.ctx"), "-l", pcrList(tok.PCRs)})
 	}
 	auth := "session:" + f("session.ctx")
 	if tok.PIN {
@@ -135,4 +204,60 @@ func KeyslotAccepts(t testing.TB, img string, slot int, pass []byte) bool {
 	cmd := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-slot", strconv.Itoa(slot), "--key-file", "-", img)
 	cmd.Stdin = bytes.NewReader(pass)
 	return cmd.Run() == nil
+}
+
+// systemdKeyPublic writes the TPM2B_PUBLIC systemd 252 loads for a PCR signing key:
+// TPMT_PUBLIC{type RSA, nameAlg SHA-256, attributes decrypt|sign|userWithAuth, empty
+// authPolicy, symmetric and scheme NULL, keyBits, exponent, unique = modulus}
+// (TPM 2.0 Library, Part 2, 12.2.4).
+func systemdKeyPublic(t testing.TB, pemBytes []byte) []byte {
+	t.Helper()
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		t.Fatal("tpm2_pubkey is not PEM")
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok {
+		t.Fatalf("tpm2_pubkey is %T", k)
+	}
+	n := rk.N.Bytes()
+	var b []byte
+	b = binary.BigEndian.AppendUint16(b, 0x0001)     // TPM_ALG_RSA
+	b = binary.BigEndian.AppendUint16(b, 0x000b)     // TPM_ALG_SHA256
+	b = binary.BigEndian.AppendUint32(b, 0x00060040) // decrypt|sign|userWithAuth
+	b = binary.BigEndian.AppendUint16(b, 0)          // authPolicy
+	b = binary.BigEndian.AppendUint16(b, 0x0010)     // symmetric: TPM_ALG_NULL
+	b = binary.BigEndian.AppendUint16(b, 0x0010)     // scheme: TPM_ALG_NULL
+	b = binary.BigEndian.AppendUint16(b, uint16(len(n)*8))
+	b = binary.BigEndian.AppendUint32(b, uint32(rk.E))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(n)))
+	b = append(b, n...)
+	return append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...)
+}
+
+// pickSignature returns the signature in sigJSON (systemd-measure's format) of
+// policy digest pol for bank, or nil.
+func pickSignature(t testing.TB, sigJSON []byte, bank string, pol []byte) []byte {
+	t.Helper()
+	var sigs map[string][]struct {
+		Pol string `json:"pol"`
+		Sig string `json:"sig"`
+	}
+	if err := json.Unmarshal(sigJSON, &sigs); err != nil {
+		t.Fatalf("signature JSON: %v", err)
+	}
+	for _, e := range sigs[bank] {
+		if strings.EqualFold(e.Pol, hex.EncodeToString(pol)) {
+			sig, err := base64.StdEncoding.DecodeString(e.Sig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return sig
+		}
+	}
+	return nil
 }

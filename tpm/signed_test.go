@@ -1,0 +1,400 @@
+package tpm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
+	"github.com/diskcryptd/diskcryptd/unlock"
+)
+
+const systemdMeasure = "/lib/systemd/systemd-measure"
+
+// signingKey writes a fresh RSA-2048 key pair as PEM files (private 0600) and returns
+// their paths.
+func signingKey(t *testing.T, dir string) (priv, pub string) {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privDER, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, pub = filepath.Join(dir, "priv.pem"), filepath.Join(dir, "pub.pem")
+	if err := os.WriteFile(priv, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return priv, pub
+}
+
+// uki is the measured sections of a unified kernel image, in systemd-stub's order.
+type uki struct{ dir, linux, osrel, cmdline string }
+
+func newUKI(t *testing.T, kernel string) uki {
+	t.Helper()
+	dir := t.TempDir()
+	u := uki{dir: dir, linux: filepath.Join(dir, "linux"), osrel: filepath.Join(dir, "osrel"), cmdline: filepath.Join(dir, "cmdline")}
+	for path, content := range map[string]string{u.linux: "kernel " + kernel, u.osrel: "ID=debian\nVERSION_ID=12\n", u.cmdline: "root=/dev/vda ro"} {
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return u
+}
+
+// boot extends PCR 11 as systemd-stub and systemd-pcrphase do for u up to the
+// enter-initrd phase: for each section, SHA-256 of its name with the trailing NUL,
+// then of its content; then SHA-256 of "enter-initrd".
+func (u uki) boot(t *testing.T, spec string) {
+	t.Helper()
+	tp, err := Open(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	ctx := testCtx(t)
+	for _, sec := range []struct{ name, path string }{{"linux", u.linux}, {"osrel", u.osrel}, {"cmdline", u.cmdline}} {
+		content, err := os.ReadFile(sec.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Extend(ctx, tp, 11, nil, []byte("."+sec.name+"\x00")); err != nil {
+			t.Fatal(err)
+		}
+		if err := Extend(ctx, tp, 11, nil, content); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Extend(ctx, tp, 11, nil, []byte("enter-initrd")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sign runs systemd-measure sign for u and writes the signature JSON next to it.
+func (u uki) sign(t *testing.T, spec, priv, pub string) string {
+	t.Helper()
+	out := run(t, nil, nil, systemdMeasure, "sign", "--tpm2-device="+spec,
+		"--linux="+u.linux, "--osrel="+u.osrel, "--cmdline="+u.cmdline,
+		"--bank=sha256", "--phase=enter-initrd", "--private-key="+priv, "--public-key="+pub)
+	path := filepath.Join(u.dir, "tpm2-pcr-signature.json")
+	if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func requireSignedPeers(t *testing.T) {
+	t.Helper()
+	tpmtest.RequirePeer(t, "systemd-cryptenroll", systemdMeasure)
+}
+
+// TestSignedPolicySystemdEnrollsWeUnseal: systemd-cryptenroll --tpm2-public-key
+// seals a volume to PCR 11 values signed by a key (with and without PCRs bound to
+// today's values, with and without a PIN); a signature systemd-measure made for the
+// booted UKI unlocks it here, one for another UKI is refused with a reason, and no
+// signature at all is its own error. Our enrolment of the same policy has the policy
+// digest systemd wrote.
+func TestSignedPolicySystemdEnrollsWeUnseal(t *testing.T) {
+	requireSignedPeers(t)
+	for _, tc := range []struct {
+		name string
+		pcrs string
+		pin  string
+	}{
+		{"signed only", "", ""},
+		{"signed and pcr 7", "7", ""},
+		{"signed with inner-zero pin", "", "8"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tpmtest.StartSwtpm(t)
+			keys := t.TempDir()
+			priv, pub := signingKey(t, keys)
+			booted, other := newUKI(t, "6.1.0-a"), newUKI(t, "6.1.0-b")
+			booted.boot(t, spec)
+			goodSig, otherSig := booted.sign(t, spec, priv, pub), other.sign(t, spec, priv, pub)
+
+			img, key := image(t)
+			args := []string{"--unlock-key-file=" + key, "--tpm2-device=" + spec, "--tpm2-public-key=" + pub,
+				"--tpm2-public-key-pcrs=11", "--tpm2-pcrs=" + tc.pcrs, img}
+			var env []string
+			if tc.pin != "" {
+				args = append([]string{"--tpm2-with-pin=yes"}, args...)
+				env = []string{"NEWPIN=" + tc.pin}
+			}
+			run(t, env, nil, "systemd-cryptenroll", args...)
+			tokJSON, slot := exportToken(t, img, 0)
+			tok := unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{slot}, JSON: tokJSON}
+			pinFn := func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }
+
+			p, err := NewProtector(Config{Device: spec, Signature: goodSig, PIN: pinFn})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pass, err := p.Unseal(testCtx(t), tok)
+			if err != nil {
+				t.Fatalf("unseal systemd's signed token with the booted UKI's signature: %v\n%s", err, tokJSON)
+			}
+			testPassphrase(t, img, slot, pass)
+
+			wrong, _ := NewProtector(Config{Device: spec, Signature: otherSig, PIN: pinFn})
+			_, err = wrong.Unseal(testCtx(t), tok)
+			var mismatch *SignatureMismatchError
+			if !errors.Is(err, ErrPCRSignatureMismatch) || !errors.As(err, &mismatch) || !strings.Contains(err.Error(), "other PCR values") {
+				t.Fatalf("signature for another UKI: got %v, want a SignatureMismatchError for other PCR values", err)
+			}
+			none, _ := NewProtector(Config{Device: spec, Signature: filepath.Join(keys, "missing.json"), PIN: pinFn})
+			if _, err := none.Unseal(testCtx(t), tok); err == nil || !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("missing signature file: got %v", err)
+			}
+
+			// Our enrolment of the same policy writes the digest systemd wrote.
+			pubPEM, err := os.ReadFile(pub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pcrs, _, err := ParsePCRs(tc.pcrs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pcrs == nil {
+				pcrs = []int{}
+			}
+			ours, err := NewProtector(Config{Device: spec, PCRs: pcrs, PublicKey: pubPEM, PublicKeyPCRs: []int{11},
+				EnrollWithPIN: tc.pin != "", PIN: pinFn, Signature: goodSig})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := ours.Enroll(testCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sd map[string]any
+			if err := json.Unmarshal(tokJSON, &sd); err != nil {
+				t.Fatal(err)
+			}
+			if e.Token["tpm2-policy-hash"] != sd["tpm2-policy-hash"] {
+				t.Fatalf("our policy digest %v, systemd's %v", e.Token["tpm2-policy-hash"], sd["tpm2-policy-hash"])
+			}
+		})
+	}
+}
+
+// TestSignedPolicyWeEnrollOthersUnseal: a volume we enrol with a signed policy is
+// unsealed independently with tpm2-tools (PolicyAuthorize with the ticket of the
+// signature systemd-measure made), and the passphrase systemd derives opens the
+// keyslot; systemd-cryptsetup gets as far as device-mapper with the signature and
+// fails at the TPM with the other UKI's. After a kernel update (reboot into another
+// UKI) only a new signature is needed: no re-enrolment.
+func TestSignedPolicyWeEnrollOthersUnseal(t *testing.T) {
+	requireSignedPeers(t)
+	sdc := "/lib/systemd/systemd-cryptsetup"
+	if _, err := os.Stat(sdc); err != nil {
+		tpmtest.RequirePeer(t, "systemd-cryptsetup")
+		sdc = "systemd-cryptsetup"
+	}
+	for _, tc := range []struct {
+		name string
+		pcrs []int
+		pin  string
+	}{
+		{"signed only", []int{}, ""},
+		{"signed and pcr 7 with pin", []int{7}, "19"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sw := tpmtest.NewSwtpm(t)
+			keys := t.TempDir()
+			priv, pub := signingKey(t, keys)
+			pubPEM, err := os.ReadFile(pub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v1, v2 := newUKI(t, "6.1.0-v1"), newUKI(t, "6.1.0-v2")
+			v1.boot(t, sw.Spec)
+			sig1 := v1.sign(t, sw.Spec, priv, pub)
+			sig1JSON, err := os.ReadFile(sig1)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			img, key := image(t)
+			pinFn := func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }
+			p, err := NewProtector(Config{Device: sw.Spec, PCRs: tc.pcrs, PublicKey: pubPEM, EnrollWithPIN: tc.pin != "", PIN: pinFn, Signature: sig1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := p.Enroll(testCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			newKey := filepath.Join(keys, "new")
+			if err := os.WriteFile(newKey, e.Passphrase, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			run(t, nil, nil, "cryptsetup", "luksAddKey", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+				"--key-file", key, "--new-key-slot", "1", img, newKey)
+			tokJSON := marshalToken(t, e.Token, 1)
+			tokFile := filepath.Join(keys, "token.json")
+			if err := os.WriteFile(tokFile, tokJSON, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			run(t, nil, nil, "cryptsetup", "token", "import", "--json-file", tokFile, "--token-id", "0", "--key-slot", "1", img)
+
+			// Independent unseal with tpm2-tools; the keyslot takes systemd's passphrase.
+			pass, err := tpmtest.UnsealSignedWithTools(t, sw.Spec, tokJSON, tc.pin, sig1JSON)
+			if err != nil {
+				t.Fatalf("tpm2-tools could not unseal our signed token: %v", err)
+			}
+			if !tpmtest.KeyslotAccepts(t, img, 1, pass) {
+				t.Fatal("the passphrase from the tpm2-tools unseal does not open keyslot 1")
+			}
+			pass[3] ^= 1
+			if tpmtest.KeyslotAccepts(t, img, 1, pass) {
+				t.Fatal("keyslot 1 accepted a wrong passphrase")
+			}
+
+			// systemd-cryptsetup with the signature: unsealed, then stopped by the
+			// missing device-mapper; with another UKI's signature: a TPM2 failure.
+			sig2 := v2.sign(t, sw.Spec, priv, pub)
+			var env []string
+			if tc.pin != "" {
+				env = []string{"PIN=" + tc.pin}
+			}
+			out, _ := runErr(env, nil, sdc, "attach", "diskcryptd-signed", img, "-", "tpm2-device="+sw.Spec+",tpm2-signature="+sig1+",headless=true")
+			t.Logf("systemd-cryptsetup (booted UKI's signature) said:\n%s", out)
+			if !strings.Contains(out, "Failed to activate with TPM2 acquired key: Operation not supported") {
+				t.Fatalf("systemd-cryptsetup did not unseal our signed token:\n%s", out)
+			}
+			out, _ = runErr(env, nil, sdc, "attach", "diskcryptd-signed", img, "-", "tpm2-device="+sw.Spec+",tpm2-signature="+sig2+",headless=true")
+			t.Logf("systemd-cryptsetup (other UKI's signature) said:\n%s", out)
+			if strings.Contains(out, "Failed to activate with TPM2 acquired key: Operation not supported") {
+				t.Fatalf("systemd-cryptsetup unsealed with a signature for another UKI:\n%s", out)
+			}
+
+			// Kernel update: reboot into v2. v1's signature no longer applies, v2's
+			// does, and the token is the same.
+			sw.Reboot(t)
+			v2.boot(t, sw.Spec)
+			tok := unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{1}, JSON: tokJSON}
+			if _, err := p.Unseal(testCtx(t), tok); !errors.Is(err, ErrPCRSignatureMismatch) {
+				t.Fatalf("after booting v2 with v1's signature: got %v, want ErrPCRSignatureMismatch", err)
+			}
+			p2, err := NewProtector(Config{Device: sw.Spec, PIN: pinFn, Signature: sig2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := p2.Unseal(testCtx(t), tok)
+			if err != nil {
+				t.Fatalf("after booting v2 with v2's signature: %v", err)
+			}
+			if !tpmtest.KeyslotAccepts(t, img, 1, got) {
+				t.Fatal("unsealed passphrase does not open keyslot 1 after the kernel update")
+			}
+		})
+	}
+}
+
+// TestSignedPolicyName checks the TPM name of a PCR signing key against its public
+// area written out byte by byte as systemd 252 loads it (type RSA, nameAlg SHA-256,
+// decrypt|sign|userWithAuth, no policy, NULL symmetric and scheme, 2048 bits,
+// exponent 65537 written out, the modulus). The end-to-end check is
+// TestSignedPolicySystemdEnrollsWeUnseal, where our digest equals systemd's.
+func TestSignedPolicyName(t *testing.T) {
+	n := make([]byte, 256)
+	for i := range n {
+		n[i] = 1
+	}
+	n[0] = 0xc0
+	sp := &SignedPolicy{Key: &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: 65537}, PCRs: []int{11}}
+	pub := []byte{0, 1, 0, 0x0b, 0, 6, 0, 0x40, 0, 0, 0, 0x10, 0, 0x10, 8, 0, 0, 1, 0, 1, 1, 0}
+	pub = append(pub, n...)
+	sum := sha256.Sum256(pub)
+	if got, want := hex.EncodeToString(sp.Name().Buffer), "000b"+hex.EncodeToString(sum[:]); got != want {
+		t.Fatalf("name %s, want %s", got, want)
+	}
+}
+
+func TestPCRSignaturesFind(t *testing.T) {
+	pol := bytes.Repeat([]byte{0xab}, 32)
+	sigs, err := ParsePCRSignatures([]byte(`{"sha256":[` +
+		`{"pcrs":[11],"pkfp":"aa","pol":"` + hex.EncodeToString(pol) + `","sig":"AQID"},` +
+		`{"pcrs":[11],"pkfp":"bb","pol":"` + strings.Repeat("cd", 32) + `","sig":"BAUG"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, bank, fp string
+		pcrs           []int
+		pol            []byte
+		want           string // signature hex, or a piece of the reason
+	}{
+		{"match", "sha256", "AA", []int{11}, pol, "010203"},
+		{"other values", "sha256", "bb", []int{11}, pol, "other PCR values"},
+		{"other key", "sha256", "cc", []int{11}, pol, "another key"},
+		{"other pcrs", "sha256", "aa", []int{7, 11}, pol, "no signature for these PCRs"},
+		{"other bank", "sha1", "aa", []int{11}, pol, "no signature for this PCR bank"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sig, err := sigs.find(tc.bank, tc.pcrs, tc.fp, tc.pol)
+			if err != nil {
+				if !errors.Is(err, ErrPCRSignatureMismatch) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("got %v, want %q", err, tc.want)
+				}
+				return
+			}
+			if hex.EncodeToString(sig) != tc.want {
+				t.Fatalf("got signature %x, want %s", sig, tc.want)
+			}
+		})
+	}
+	for _, bad := range []string{`[]`, `{"sha256":[{"pol":"zz"}]}`, `{"sha256":[{"sig":"%%%"}]}`, `{"sha256":[{"pcrs":[99]}]}`} {
+		if _, err := ParsePCRSignatures([]byte(bad)); err == nil {
+			t.Errorf("%s: parsed", bad)
+		}
+	}
+}
+
+func FuzzParsePCRSignatures(f *testing.F) {
+	f.Add([]byte(`{"sha256":[{"pcrs":[11],"pkfp":"9ee4","pol":"1583","sig":"I25D"}]}`))
+	f.Add([]byte(`{"sha1":[],"sha256":[{"pcrs":[11,12]}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		sigs, err := ParsePCRSignatures(b)
+		if err != nil {
+			return
+		}
+		_, _ = sigs.find("sha256", []int{11}, "9ee4", []byte{0x15, 0x83})
+	})
+}
+
+func FuzzNewSignedPolicy(f *testing.F) {
+	f.Add([]byte("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		sp, err := NewSignedPolicy(b, []int{11})
+		if err != nil {
+			return
+		}
+		_ = sp.Name()
+		_ = sp.Fingerprint()
+	})
+}
