@@ -28,7 +28,13 @@ import (
 //
 // DEVICE is a path, UUID=<LUKS UUID> or PARTLABEL=<label>. OPTIONS is a comma
 // separated list: discard, readonly, no-read-workqueue, no-write-workqueue,
-// same-cpu-crypt, submit-from-crypt-cpus, tpm2-measure-pcr=N, token-timeout=DURATION.
+// same-cpu-crypt, submit-from-crypt-cpus, tpm2-measure-pcr=N|yes|no,
+// token-timeout=DURATION.
+//
+// Every volume is measured into PCR 15 (DefaultMeasurePCR) after it is unlocked, when a
+// TPM is present, as systemd-cryptsetup's tpm2-measure-pcr=yes does: a supplanted
+// volume (another header, another volume key) then changes PCR 15, so secrets sealed
+// to it afterwards are not released. tpm2-measure-pcr=no opts a volume out.
 type Config struct {
 	// TPMDevice is the TPM (/dev/tpmrm0 when empty, or swtpm:path=SOCKET).
 	TPMDevice string
@@ -55,7 +61,8 @@ type VolumeConfig struct {
 	ReadOnly bool
 	// Flags are dm-crypt options added to the volume's persistent flags.
 	Flags blockdev.CryptFlags
-	// MeasurePCR, when >= 0, is the PCR the volume is measured into after unlock.
+	// MeasurePCR, when >= 0, is the PCR the volume is measured into after unlock
+	// (DefaultMeasurePCR unless the volume says otherwise; -1 for none).
 	MeasurePCR int
 	// TokenTimeout overrides Config.TokenTimeout when > 0.
 	TokenTimeout time.Duration
@@ -66,6 +73,9 @@ const (
 	DefaultTokenTimeout  = 30 * time.Second
 	DefaultDeviceTimeout = 90 * time.Second
 	DefaultSocket        = "/run/diskcryptd/diskcryptd.sock"
+	// DefaultMeasurePCR is the PCR volumes are measured into, as systemd's
+	// tpm2-measure-pcr=yes.
+	DefaultMeasurePCR = 15
 )
 
 // ErrConfig wraps every configuration error; the message names the line.
@@ -97,7 +107,7 @@ func ParseConfig(r io.Reader) (*Config, error) {
 			if len(f) < 3 || len(f) > 4 {
 				return nil, bad("want: volume NAME DEVICE [OPTIONS]")
 			}
-			v := VolumeConfig{Name: f[1], Device: f[2], MeasurePCR: -1}
+			v := VolumeConfig{Name: f[1], Device: f[2], MeasurePCR: DefaultMeasurePCR}
 			if names[v.Name] {
 				return nil, bad("volume %q declared twice", v.Name)
 			}
@@ -166,11 +176,18 @@ func parseVolumeOptions(v *VolumeConfig, opts string) error {
 			}
 			v.Flags |= fl
 		case "tpm2-measure-pcr":
-			n, err := strconv.Atoi(val)
-			if !hasVal || err != nil || n < 0 || n > 23 {
-				return fmt.Errorf("tpm2-measure-pcr=%q: want a PCR number 0..23", val)
+			switch val {
+			case "no", "off", "false":
+				v.MeasurePCR = -1
+			case "yes", "on", "true":
+				v.MeasurePCR = DefaultMeasurePCR
+			default:
+				n, err := strconv.Atoi(val)
+				if !hasVal || err != nil || n < 0 || n > 23 {
+					return fmt.Errorf("tpm2-measure-pcr=%q: want a PCR number 0..23, yes or no", val)
+				}
+				v.MeasurePCR = n
 			}
-			v.MeasurePCR = n
 		case "token-timeout":
 			d, err := time.ParseDuration(val)
 			if err != nil || d <= 0 {

@@ -8,8 +8,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,7 +51,20 @@ type VolumeStatus struct {
 	Token string `json:"token,omitempty"`
 	// Seconds is how long the unlock took, from daemon start.
 	Seconds float64 `json:"seconds,omitempty"`
+	// KeyslotStart and KeyslotEnd bound the keyslot attempt (the KDF) that opened
+	// the volume, in seconds from daemon start: volumes unlock in parallel when
+	// these intervals overlap.
+	KeyslotStart float64 `json:"keyslot_start,omitempty"`
+	KeyslotEnd   float64 `json:"keyslot_end,omitempty"`
 }
+
+// ErrDuplicateUUID is the reason a volume stays locked when more than one device
+// carries its LUKS UUID: the daemon cannot tell the real disk from a clone.
+var ErrDuplicateUUID = errors.New("daemon: more than one device carries this LUKS UUID")
+
+// ErrForeignMapping is the reason a volume is not reported active when a mapping of its
+// name exists but belongs to another volume or device.
+var ErrForeignMapping = errors.New("daemon: a mapping of this name exists for another volume")
 
 // Measurer extends a PCR with a volume's measurement after it is mapped.
 type Measurer func(ctx context.Context, pcr int, name, uuid string, volumeKey []byte) error
@@ -60,10 +76,16 @@ type Daemon struct {
 	Config *Config
 	// Protectors returns the protectors to try for a volume, in order.
 	Protectors func(VolumeConfig) []unlock.Protector
-	// Measure, if set, measures volumes whose config asks for it.
+	// Measure, if set, measures volumes whose config asks for it (by default all, into
+	// PCR 15). Leave it nil where there is no TPM.
 	Measure Measurer
 	// Finder resolves device specs; nil means the real /dev and /sys.
 	Finder *blockdev.Finder
+	// DM is device-mapper; nil means the kernel's (KernelDM).
+	DM DeviceMapper
+	// SocketGroup is the group that may read the status socket, if it exists
+	// ("diskcryptd" when empty).
+	SocketGroup string
 	// Notifier talks to systemd; nil means no notifications.
 	Notifier *systemd.Notifier
 	// Logger receives one line per event; never a secret.
@@ -74,9 +96,38 @@ type Daemon struct {
 	start time.Time
 	mu    sync.Mutex
 	state map[string]*VolumeStatus
-	// unseal serializes token attempts: a TPM without a resource manager holds only a
-	// few sessions, and PIN prompts must not interleave.
+	// unseal serializes protectors' Unseal calls: a TPM without a resource manager
+	// holds only a few sessions, and PIN prompts must not interleave. Keyslot KDFs run
+	// outside it, in parallel across volumes.
 	unseal sync.Mutex
+	// afterHeader, when set (tests), runs after a volume's header was read.
+	afterHeader func(VolumeConfig)
+}
+
+// serialProtector runs a protector's Unseal under the daemon's unseal lock.
+type serialProtector struct {
+	unlock.Protector
+	mu *sync.Mutex
+}
+
+func (p serialProtector) Unseal(ctx context.Context, tok unlock.Token) ([]byte, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.Protector.Unseal(ctx, tok)
+}
+
+func (d *Daemon) dm() DeviceMapper {
+	if d.DM == nil {
+		return KernelDM{}
+	}
+	return d.DM
+}
+
+func (d *Daemon) finder() *blockdev.Finder {
+	if d.Finder == nil {
+		return &blockdev.Finder{}
+	}
+	return d.Finder
 }
 
 func (d *Daemon) log() hclog.Logger {
@@ -131,41 +182,67 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 		log.Error("volume not unlocked", "state", st, "error", err)
 		d.set(vc.Name, func(s *VolumeStatus) { s.State, s.Reason = st, err.Error() })
 	}
-	if m, err := blockdev.DMStatus(ctx, vc.Name); err == nil {
-		log.Info("already mapped", "dm_uuid", m.UUID)
-		d.set(vc.Name, func(s *VolumeStatus) { s.State = StateActive })
-		return
-	}
-	finder := d.Finder
-	if finder == nil {
-		finder = &blockdev.Finder{}
-	}
 	wctx, cancel := context.WithTimeout(ctx, d.Config.DeviceTimeout)
-	path, err := finder.Wait(wctx, vc.Device)
+	path, err := d.finder().Wait(wctx, vc.Device)
 	cancel()
 	if err != nil {
 		fail(StateFailed, fmt.Errorf("device %s did not appear within %s: %w", vc.Device, d.Config.DeviceTimeout, err))
 		return
 	}
-	d.set(vc.Name, func(s *VolumeStatus) { s.Path, s.State = path, StateUnlocking })
-	v, err := luks2.OpenFile(path, luks2.ReadOnly)
+	d.set(vc.Name, func(s *VolumeStatus) { s.Path, s.State, s.Reason = path, StateUnlocking, "" })
+	// One descriptor for everything: the header is read from it, and the mapping names
+	// its device number, so a path that changes meanwhile cannot swap the device.
+	dev, err := blockdev.Open(path, blockdev.OpenOptions{})
 	if err != nil {
 		fail(StateFailed, err)
 		return
 	}
-	defer v.Close()
+	defer dev.Close()
+	v, err := luks2.OpenDevice(dev, dev.Size(), luks2.ReadOnly)
+	if err != nil {
+		fail(StateFailed, fmt.Errorf("%s: %w", path, err))
+		return
+	}
 	uuid := v.Metadata().UUID
 	d.set(vc.Name, func(s *VolumeStatus) { s.UUID = uuid })
+	if d.afterHeader != nil {
+		d.afterHeader(vc)
+	}
+	if others, err := d.finder().FindAllByLUKSUUID(uuid); err == nil {
+		var clones []string
+		for _, o := range others {
+			if !dev.SameDevice(o) {
+				clones = append(clones, o)
+			}
+		}
+		if len(clones) > 0 {
+			fail(StateLocked, fmt.Errorf("%w: %s and %s; remove the clone or give it a new UUID (cryptsetup luksUUID --uuid)", ErrDuplicateUUID, path, strings.Join(clones, ", ")))
+			return
+		}
+	}
+	if active, err := d.checkExisting(ctx, vc.Name, uuid, dev); err != nil {
+		fail(StateFailed, err)
+		return
+	} else if active {
+		log.Info("already mapped")
+		d.set(vc.Name, func(s *VolumeStatus) { s.State = StateActive })
+		return
+	}
 	timeout := d.Config.TokenTimeout
 	if vc.TokenTimeout > 0 {
 		timeout = vc.TokenTimeout
 	}
-	var prots []unlock.Protector
+	var prots, serial []unlock.Protector
 	if d.Protectors != nil {
 		prots = d.Protectors(vc)
+		for _, p := range prots {
+			serial = append(serial, serialProtector{Protector: p, mu: &d.unseal})
+		}
 	}
+	var ksStart, ksEnd time.Time
+	vk, rep, err := recoverKey(ctx, v, serial, timeout, log, func(s, e time.Time) { ksStart, ksEnd = s, e })
+	// Protectors describe their releases with the TPM or network still theirs.
 	d.unseal.Lock()
-	vk, rep, err := RecoverKey(ctx, v, prots, timeout, log)
 	EmitReleases(ctx, d.Audit, rep, prots, audit.Record{Actor: "daemon", Volume: vc.Name, Device: path, VolumeUUID: uuid})
 	d.unseal.Unlock()
 	if err != nil {
@@ -177,13 +254,15 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 		return
 	}
 	defer vk.Wipe()
-	if _, err := Map(ctx, v, vk, path, vc.Name, MapOptions{ReadOnly: vc.ReadOnly, Flags: vc.Flags}, log); err != nil {
+	if _, err := MapDevice(ctx, v, vk, dev, vc.Name, MapOptions{ReadOnly: vc.ReadOnly, Flags: vc.Flags, DM: d.dm()}, log); err != nil {
 		fail(StateFailed, err)
 		return
 	}
 	if vc.MeasurePCR >= 0 && d.Measure != nil {
 		key := vk.Bytes()
+		d.unseal.Lock()
 		err := d.Measure(ctx, vc.MeasurePCR, vc.Name, uuid, key)
+		d.unseal.Unlock()
 		clear(key)
 		if err != nil {
 			log.Error("measuring volume failed", "pcr", vc.MeasurePCR, "error", err)
@@ -193,9 +272,35 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 	elapsed := time.Since(d.start)
 	d.set(vc.Name, func(s *VolumeStatus) {
 		s.State, s.Seconds = StateUnlocked, elapsed.Seconds()
+		s.KeyslotStart, s.KeyslotEnd = ksStart.Sub(d.start).Seconds(), ksEnd.Sub(d.start).Seconds()
 		s.Token = fmt.Sprintf("%d:%s", w.Token.ID, w.Token.Type)
 	})
 	log.Info("volume unlocked", "token", w.Token.ID, "type", w.Token.Type, "elapsed", elapsed)
+}
+
+// checkExisting reports whether the mapping name already exists for this volume on
+// this device (then the volume is active). A mapping of that name with another dm UUID
+// (CRYPT-LUKS2-<uuid>-<name>, as cryptsetup names it) or on another device is an
+// error matching ErrForeignMapping; no mapping is (false, nil).
+func (d *Daemon) checkExisting(ctx context.Context, name, uuid string, dev *blockdev.Device) (bool, error) {
+	m, err := d.dm().Table(ctx, name)
+	if err != nil {
+		// Not mapped (or no device-mapper: creating the mapping will say so).
+		return false, nil
+	}
+	want, err := blockdev.DMUUID(uuid, name)
+	if err != nil {
+		return false, err
+	}
+	if m.UUID != want {
+		return false, fmt.Errorf("%w: /dev/mapper/%s has dm UUID %q, this volume's is %q; lock it (diskcryptd lock %s) or rename the volume", ErrForeignMapping, name, m.UUID, want, name)
+	}
+	if dev.IsBlockDevice() && m.IsCrypt() && m.Targets[0].Crypt != nil {
+		if got, ours := m.Targets[0].Crypt.Device, blockdev.DevNumString(dev.DevNum()); got != ours {
+			return false, fmt.Errorf("%w: /dev/mapper/%s maps device %s, this volume is on %s", ErrForeignMapping, name, got, ours)
+		}
+	}
+	return true, nil
 }
 
 // Summary is the one-line status for systemd.
@@ -215,7 +320,11 @@ func Summary(st []VolumeStatus) string {
 func (d *Daemon) Run(ctx context.Context, once bool) error {
 	var srv *http.Server
 	if !once && d.Config.Socket != "" {
-		l, err := listen(d.Config.Socket)
+		group := d.SocketGroup
+		if group == "" {
+			group = DefaultSocketGroup
+		}
+		l, err := listen(d.Config.Socket, group)
 		if err != nil {
 			return err
 		}
@@ -249,21 +358,72 @@ func (d *Daemon) Run(ctx context.Context, once bool) error {
 	return nil
 }
 
-func listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// DefaultSocketGroup is the group allowed to read the status socket when it exists.
+const DefaultSocketGroup = "diskcryptd"
+
+// listen creates the status socket at path, mode 0660, owned by the daemon's user
+// (root) and by group (when that group exists; otherwise the daemon's group): only
+// root and members of the group may read the volumes' states. The socket is bound in
+// a private directory and renamed into place, so it is never reachable with looser
+// permissions.
+func listen(path, group string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("daemon: socket directory: %w", err)
 	}
-	os.Remove(path)
-	l, err := net.Listen("unix", path)
+	tmp, err := os.MkdirTemp(dir, ".sock-")
+	if err != nil {
+		return nil, fmt.Errorf("daemon: socket directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	staged := filepath.Join(tmp, "s")
+	l, err := net.Listen("unix", staged)
 	if err != nil {
 		return nil, fmt.Errorf("daemon: status socket: %w", err)
 	}
-	// The socket carries state, never secrets: readable by everyone on the host.
-	if err := os.Chmod(path, 0o666); err != nil {
-		l.Close()
+	// net.UnixListener removes its path on Close; after the rename that is path.
+	ok := false
+	defer func() {
+		if !ok {
+			l.Close()
+		}
+	}()
+	if err := os.Chmod(staged, 0o660); err != nil {
 		return nil, fmt.Errorf("daemon: status socket: %w", err)
 	}
+	if g, err := user.LookupGroup(group); err == nil {
+		gid, err := strconv.Atoi(g.Gid)
+		if err == nil {
+			err = os.Chown(staged, -1, gid)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("daemon: status socket group %s: %w", group, err)
+		}
+	}
+	os.Remove(path)
+	if err := os.Rename(staged, path); err != nil {
+		return nil, fmt.Errorf("daemon: status socket: %w", err)
+	}
+	if ul, isUnix := l.(*net.UnixListener); isUnix {
+		// Unlink the final path on Close, not the staged one.
+		ul.SetUnlinkOnClose(false)
+		ok = true
+		return &unlinkListener{Listener: l, path: path}, nil
+	}
+	ok = true
 	return l, nil
+}
+
+// unlinkListener removes the socket file when closed.
+type unlinkListener struct {
+	net.Listener
+	path string
+}
+
+func (u *unlinkListener) Close() error {
+	err := u.Listener.Close()
+	os.Remove(u.path)
+	return err
 }
 
 // Handler serves GET /v1/volumes (JSON) and GET /metrics (Prometheus text format).

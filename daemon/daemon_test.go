@@ -6,14 +6,12 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/diskcryptd/diskcryptd/blockdev"
-	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
 
@@ -24,8 +22,10 @@ token-timeout 5s
 device-timeout 1m
 socket none
 volume data0 UUID=0e3f6c1e-5a7b-4c43-9d2e-6f1f2a3b4c5d discard,tpm2-measure-pcr=15
-volume data1 PARTLABEL=data1 readonly,no-read-workqueue,token-timeout=2s   # trailing comment
+volume data1 PARTLABEL=data1 readonly,no-read-workqueue,token-timeout=2s,tpm2-measure-pcr=no   # trailing comment
 volume data2 /dev/vdb
+volume data3 /dev/vdc tpm2-measure-pcr=7
+volume data4 /dev/vdd tpm2-measure-pcr=yes
 `
 	c, err := ParseConfig(strings.NewReader(good))
 	if err != nil {
@@ -37,7 +37,9 @@ volume data2 /dev/vdb
 	want := []VolumeConfig{
 		{Name: "data0", Device: "UUID=0e3f6c1e-5a7b-4c43-9d2e-6f1f2a3b4c5d", Flags: blockdev.AllowDiscards, MeasurePCR: 15},
 		{Name: "data1", Device: "PARTLABEL=data1", ReadOnly: true, Flags: blockdev.NoReadWorkqueue, MeasurePCR: -1, TokenTimeout: 2 * time.Second},
-		{Name: "data2", Device: "/dev/vdb", MeasurePCR: -1},
+		{Name: "data2", Device: "/dev/vdb", MeasurePCR: 15},
+		{Name: "data3", Device: "/dev/vdc", MeasurePCR: 7},
+		{Name: "data4", Device: "/dev/vdd", MeasurePCR: 15},
 	}
 	if len(c.Volumes) != len(want) {
 		t.Fatalf("volumes: %+v", c.Volumes)
@@ -53,6 +55,7 @@ volume data2 /dev/vdb
 		"volume a/b /dev/a",
 		"volume a /dev/a bogus",
 		"volume a /dev/a tpm2-measure-pcr=99",
+		"volume a /dev/a tpm2-measure-pcr=maybe",
 		"token-timeout soon",
 		"frobnicate 1",
 		strings.Repeat("x", 5000),
@@ -83,22 +86,7 @@ func (p secretProtector) Unseal(_ context.Context, tok unlock.Token) ([]byte, er
 func TestUnlockAllStates(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	mk := func(name, tokenSecret string) string {
-		p := filepath.Join(dir, name)
-		os.WriteFile(p, nil, 0o600)
-		os.Truncate(p, 20<<20)
-		kdf := luks2.KeyslotOptions{KDF: luks2.MinimumCostKDF()}
-		v, vk, err := luks2.FormatFile(ctx, p, []byte("pw"), &luks2.FormatOptions{Keyslot: kdf})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer v.Close()
-		defer vk.Wipe()
-		if _, _, err := v.AddKeyslotWithToken(ctx, vk, []byte(tokenSecret), luks2.AnySlot, &kdf, []byte(`{"type":"test"}`), luks2.AnyToken); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	mk := func(name, tokenSecret string) string { return formatTestImage(t, dir, name, tokenSecret) }
 	good := mk("good.img", "sesame")
 	bad := mk("bad.img", "other")
 	d := &Daemon{

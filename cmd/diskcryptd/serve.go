@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/diskcryptd/diskcryptd/audit"
@@ -49,14 +50,21 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var measurer daemon.Measurer
+	if tpmPresent(cfg.TPMDevice) {
+		// Volumes are measured into PCR 15 by default (tpm2-measure-pcr=no opts out).
+		measurer = func(ctx context.Context, pcr int, name, uuid string, key []byte) error {
+			return measure(ctx, cfg.TPMDevice, pcr, name, uuid, key)
+		}
+	} else {
+		e.log.Info("no TPM: volumes are not measured", "tpm2_device", cfg.TPMDevice)
+	}
 	d := &daemon.Daemon{
 		Config: cfg,
 		Protectors: func(daemon.VolumeConfig) []unlock.Protector {
 			return []unlock.Protector{cp, auditedTPM{prot, cfg.TPMDevice}}
 		},
-		Measure: func(ctx context.Context, pcr int, name, uuid string, key []byte) error {
-			return measure(ctx, cfg.TPMDevice, pcr, name, uuid, key)
-		},
+		Measure:  measurer,
 		Notifier: &systemd.Notifier{},
 		Logger:   e.log,
 		Audit:    audit.New(audit.Options{Path: audit.PathFrom(e.getenv, cfg.AuditLog), Actor: "daemon", Logger: e.log}),
@@ -70,12 +78,25 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 				line += ": " + s.Reason
 			}
 			if s.State == daemon.StateUnlocked {
-				line += fmt.Sprintf(" (token %s, %.2fs)", s.Token, s.Seconds)
+				line += fmt.Sprintf(" (token %s, keyslot %.2fs-%.2fs, %.2fs)", s.Token, s.KeyslotStart, s.KeyslotEnd, s.Seconds)
 			}
 			fmt.Fprintln(e.stdout, line)
 		}
 	}
 	return err
+}
+
+// tpmPresent reports whether the TPM device exists: a swtpm socket or a TPM character
+// device (/dev/tpmrm0 when device is empty).
+func tpmPresent(device string) bool {
+	if p, ok := strings.CutPrefix(device, "swtpm:path="); ok {
+		device = p
+	}
+	if device == "" {
+		device = "/dev/tpmrm0"
+	}
+	_, err := os.Stat(device)
+	return err == nil
 }
 
 // daemonStatus asks a running daemon for its volumes' states; ok is false when no

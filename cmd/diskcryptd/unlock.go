@@ -60,11 +60,16 @@ func cmdUnlock(ctx context.Context, e *env, args []string) error {
 	if !u.test && len(pos) != 2 {
 		return usageErrorf("a mapping name is needed: diskcryptd unlock DEVICE NAME (or --test)")
 	}
-	v, err := luks2.OpenFile(pos[0], luks2.ReadOnly)
+	// The header is read from, and the mapping made on, this one descriptor.
+	dev, err := blockdev.Open(pos[0], blockdev.OpenOptions{})
 	if err != nil {
 		return err
 	}
-	defer v.Close()
+	defer dev.Close()
+	v, err := luks2.OpenDevice(dev, dev.Size(), luks2.ReadOnly)
+	if err != nil {
+		return fmt.Errorf("%s: %w", pos[0], err)
+	}
 	vk, how, err := recoverKey(ctx, e, v, &u)
 	if err != nil {
 		return err
@@ -74,7 +79,7 @@ func cmdUnlock(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "volume key recovered through %s\n", how)
 		return nil
 	}
-	return activate(ctx, e, v, vk, pos[0], pos[1], &u)
+	return activate(ctx, e, v, vk, dev, pos[1], &u)
 }
 
 // recoverKey recovers the volume key with --key-file, or through the volume's tokens.
@@ -117,7 +122,7 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 }
 
 // activate maps the volume with device-mapper, loading the table cryptsetup would load.
-func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey, device, name string, u *unlockFlags) error {
+func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey, dev *blockdev.Device, name string, u *unlockFlags) error {
 	var flags blockdev.CryptFlags
 	if u.discards {
 		flags |= blockdev.AllowDiscards
@@ -131,7 +136,7 @@ func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey,
 	if u.sameCPU {
 		flags |= blockdev.SameCPUCrypt
 	}
-	m, err := daemon.Map(ctx, v, vk, device, name, daemon.MapOptions{ReadOnly: u.readOnly, Flags: flags}, e.log)
+	m, err := daemon.MapDevice(ctx, v, vk, dev, name, daemon.MapOptions{ReadOnly: u.readOnly, Flags: flags}, e.log)
 	if err != nil {
 		return err
 	}
@@ -143,7 +148,7 @@ func activate(ctx context.Context, e *env, v *luks2.Volume, vk *luks2.VolumeKey,
 			return fmt.Errorf("volume mapped at %s, but measuring it into PCR %d failed: %w", m.Node, u.measurePCR, err)
 		}
 	}
-	fmt.Fprintf(e.stdout, "%s unlocked at %s\n", device, m.Node)
+	fmt.Fprintf(e.stdout, "%s unlocked at %s\n", dev.Path(), m.Node)
 	return nil
 }
 
