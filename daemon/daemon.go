@@ -330,6 +330,8 @@ func (d *Daemon) Run(ctx context.Context, once bool) error {
 		}
 		srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(l)
+		// Close the listener here too: Serve may not have started tracking it yet.
+		defer l.Close()
 		defer srv.Close()
 	}
 	st := d.UnlockAll(ctx)
