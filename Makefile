@@ -51,6 +51,8 @@ bench-xts:
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet $(PKGS)
+	@echo "portable packages: GOOS=darwin,windows,freebsd go build ./luks2 ./blockdev/probe ./xts"
+	@for os in darwin windows freebsd; do GOOS=$$os $(GO) build -o /dev/null ./luks2 ./blockdev/probe ./xts || exit 1; done
 
 generate:
 	cd xts && $(GO) generate .

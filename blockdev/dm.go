@@ -388,3 +388,11 @@ func DMVersion() (major, minor, patch uint32, err error) {
 	}
 	return hdr.version[0], hdr.version[1], hdr.version[2], nil
 }
+
+// cstring returns b up to its first NUL, with trailing spaces trimmed.
+func cstring(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return strings.TrimRight(string(b), " ")
+}

@@ -123,7 +123,14 @@ func TestFindLUKSOnLoopDevice(t *testing.T) {
 	os.WriteFile(key, []byte("pass"), 0o600)
 	run(t, "", "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
 		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", key, img)
-	sig := probeFile(t, img)
+	sigs, err := probePath(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sig *Signature
+	if len(sigs) > 0 {
+		sig = sigs[0]
+	}
 	if sig == nil || sig.UUID == "" {
 		t.Fatalf("no LUKS UUID on image: %v", sig)
 	}

@@ -96,6 +96,10 @@
 //
 // # Compatibility
 //
+// The package is portable: it imports nothing Linux-specific (signature probing is
+// package blockdev/probe, which also holds the LUKS magics and header offsets), and
+// `make lint` builds it for darwin, windows and freebsd.
+//
 // cryptsetup 2.6 and github.com/anatol/luks.go open what we write; we open what
 // cryptsetup writes. Header backups are byte images of everything before the data
 // offset, as `cryptsetup luksHeaderBackup` writes them, and each tool restores the

@@ -65,7 +65,7 @@ var (
 )
 
 // ExistingSignatureError is returned (wrapping ErrDeviceInUse) when Format finds data
-// on the device. Kind is what blockdev.Probe reported (for example "ext4", "LUKS2",
+// on the device. Kind is what probe.Probe reported (for example "ext4", "LUKS2",
 // "swap", "gpt").
 type ExistingSignatureError struct {
 	// Kind is the signature type, e.g. "ext4", "luks2", "swap", "gpt".

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/diskcryptd/diskcryptd/blockdev"
+	"github.com/diskcryptd/diskcryptd/blockdev/probe"
 )
 
 // Format defaults, as cryptsetup 2.6 writes LUKS2.
@@ -58,7 +58,7 @@ type FormatOptions struct {
 	Keyslot KeyslotOptions
 	// VolumeKey, when set, is used instead of a random key (it is copied).
 	VolumeKey *VolumeKey
-	// Force formats even when blockdev.Probe finds a LUKS header, a filesystem, swap
+	// Force formats even when probe.Probe finds a LUKS header, a filesystem, swap
 	// or a partition table. Without it Format fails with *ExistingSignatureError.
 	Force bool
 
@@ -150,7 +150,7 @@ func Format(ctx context.Context, dev Device, size int64, passphrase []byte, opts
 		return nil, nil, err
 	}
 	if !o.Force {
-		sig, err := blockdev.Probe(dev, size)
+		sig, err := probe.Probe(dev, size)
 		if err != nil {
 			return nil, nil, fmt.Errorf("luks2: probing for existing data: %w", err)
 		}

@@ -10,28 +10,31 @@ import (
 	"fmt"
 	"hash"
 	"io"
+
+	"github.com/diskcryptd/diskcryptd/blockdev/probe"
 )
 
-// Binary header layout (spec §2, Table 1). All integers are big-endian.
+// Binary header layout (spec §2, Table 1), from its one home in package probe. All
+// integers are big-endian.
 const (
-	binHeaderSize = 4096
+	binHeaderSize = probe.LUKS2BinHeaderSize
 	offMagic      = 0
-	offVersion    = 6
-	offHdrSize    = 8
-	offSeqid      = 16
-	offLabel      = 24
-	offCsumAlg    = 72
-	offSalt       = 104
-	offUUID       = 168
-	offSubsystem  = 208
-	offHdrOffset  = 256
-	offCsum       = 448
-	lenLabel      = 48
-	lenCsumAlg    = 32
-	lenSalt       = 64
-	lenUUID       = 40
-	lenSubsystem  = 48
-	lenCsum       = 64
+	offVersion    = probe.LUKSOffVersion
+	offHdrSize    = probe.LUKS2OffHdrSize
+	offSeqid      = probe.LUKS2OffSeqid
+	offLabel      = probe.LUKS2OffLabel
+	offCsumAlg    = probe.LUKS2OffCsumAlg
+	offSalt       = probe.LUKS2OffSalt
+	offUUID       = probe.LUKSOffUUID
+	offSubsystem  = probe.LUKS2OffSubsystem
+	offHdrOffset  = probe.LUKS2OffHdrOffset
+	offCsum       = probe.LUKS2OffCsum
+	lenLabel      = probe.LUKS2LenLabel
+	lenCsumAlg    = probe.LUKS2LenCsumAlg
+	lenSalt       = probe.LUKS2LenSalt
+	lenUUID       = probe.LUKSLenUUID
+	lenSubsystem  = probe.LUKS2LenSubsystem
+	lenCsum       = probe.LUKS2LenCsum
 
 	// DefaultHeaderSize is the size of one header copy (binary header + JSON area)
 	// that Format writes: 16 KiB, i.e. 12 KiB of JSON.
@@ -40,11 +43,11 @@ const (
 )
 
 var (
-	magicPrimary   = []byte("LUKS\xba\xbe")
-	magicSecondary = []byte("SKUL\xba\xbe")
+	magicPrimary   = []byte(probe.LUKSMagic)
+	magicSecondary = []byte(probe.LUKS2SecondaryMagic)
 	// secondaryOffsets are the possible header sizes, i.e. the offsets where a
 	// secondary header may start (§2, §3.2).
-	secondaryOffsets = []int64{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20}
+	secondaryOffsets = probe.LUKS2HeaderSizes()
 )
 
 func validHeaderSize(n uint64) bool {
