@@ -17,6 +17,7 @@ import (
 //
 //	# global settings: KEY VALUE
 //	tpm2-device    /dev/tpmrm0
+//	tpm2-signature /run/systemd/tpm2-pcr-signature.json
 //	token-timeout  30s
 //	device-timeout 90s
 //	socket         /run/diskcryptd/diskcryptd.sock
@@ -38,6 +39,10 @@ import (
 type Config struct {
 	// TPMDevice is the TPM (/dev/tpmrm0 when empty, or swtpm:path=SOCKET).
 	TPMDevice string
+	// TPMSignature is the PCR signature JSON for tokens with a signed PCR policy
+	// ("tpm2-signature PATH"); empty means /run/systemd/tpm2-pcr-signature.json when
+	// present.
+	TPMSignature string
 	// TokenTimeout bounds each token attempt.
 	TokenTimeout time.Duration
 	// DeviceTimeout bounds the wait for a volume's device to appear.
@@ -133,6 +138,11 @@ func ParseConfig(r io.Reader) (*Config, error) {
 			} else {
 				c.TPMDevice = f[1]
 			}
+		case "tpm2-signature":
+			if len(f) != 2 || !strings.HasPrefix(f[1], "/") {
+				return nil, bad("want: tpm2-signature /PATH (systemd-measure's PCR signature JSON)")
+			}
+			c.TPMSignature = f[1]
 		case "audit-log":
 			if len(f) != 2 {
 				return nil, bad("want: audit-log PATH (or none)")

@@ -3,13 +3,10 @@ package tpm
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"math/big"
 	"os"
@@ -21,93 +18,9 @@ import (
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
 
-const systemdMeasure = "/lib/systemd/systemd-measure"
-
-// signingKey writes a fresh RSA-2048 key pair as PEM files (private 0600) and returns
-// their paths.
-func signingKey(t *testing.T, dir string) (priv, pub string) {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	privDER, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubDER, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, pub = filepath.Join(dir, "priv.pem"), filepath.Join(dir, "pub.pem")
-	if err := os.WriteFile(priv, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return priv, pub
-}
-
-// uki is the measured sections of a unified kernel image, in systemd-stub's order.
-type uki struct{ dir, linux, osrel, cmdline string }
-
-func newUKI(t *testing.T, kernel string) uki {
-	t.Helper()
-	dir := t.TempDir()
-	u := uki{dir: dir, linux: filepath.Join(dir, "linux"), osrel: filepath.Join(dir, "osrel"), cmdline: filepath.Join(dir, "cmdline")}
-	for path, content := range map[string]string{u.linux: "kernel " + kernel, u.osrel: "ID=debian\nVERSION_ID=12\n", u.cmdline: "root=/dev/vda ro"} {
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return u
-}
-
-// boot extends PCR 11 as systemd-stub and systemd-pcrphase do for u up to the
-// enter-initrd phase: for each section, SHA-256 of its name with the trailing NUL,
-// then of its content; then SHA-256 of "enter-initrd".
-func (u uki) boot(t *testing.T, spec string) {
-	t.Helper()
-	tp, err := Open(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tp.Close()
-	ctx := testCtx(t)
-	for _, sec := range []struct{ name, path string }{{"linux", u.linux}, {"osrel", u.osrel}, {"cmdline", u.cmdline}} {
-		content, err := os.ReadFile(sec.path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := Extend(ctx, tp, 11, nil, []byte("."+sec.name+"\x00")); err != nil {
-			t.Fatal(err)
-		}
-		if err := Extend(ctx, tp, 11, nil, content); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := Extend(ctx, tp, 11, nil, []byte("enter-initrd")); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// sign runs systemd-measure sign for u and writes the signature JSON next to it.
-func (u uki) sign(t *testing.T, spec, priv, pub string) string {
-	t.Helper()
-	out := run(t, nil, nil, systemdMeasure, "sign", "--tpm2-device="+spec,
-		"--linux="+u.linux, "--osrel="+u.osrel, "--cmdline="+u.cmdline,
-		"--bank=sha256", "--phase=enter-initrd", "--private-key="+priv, "--public-key="+pub)
-	path := filepath.Join(u.dir, "tpm2-pcr-signature.json")
-	if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 func requireSignedPeers(t *testing.T) {
 	t.Helper()
-	tpmtest.RequirePeer(t, "systemd-cryptenroll", systemdMeasure)
+	tpmtest.RequirePeer(t, "systemd-cryptenroll", tpmtest.SystemdMeasure)
 }
 
 // TestSignedPolicySystemdEnrollsWeUnseal: systemd-cryptenroll --tpm2-public-key
@@ -130,10 +43,10 @@ func TestSignedPolicySystemdEnrollsWeUnseal(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tpmtest.StartSwtpm(t)
 			keys := t.TempDir()
-			priv, pub := signingKey(t, keys)
-			booted, other := newUKI(t, "6.1.0-a"), newUKI(t, "6.1.0-b")
-			booted.boot(t, spec)
-			goodSig, otherSig := booted.sign(t, spec, priv, pub), other.sign(t, spec, priv, pub)
+			priv, pub := tpmtest.SigningKey(t, keys)
+			booted, other := tpmtest.NewUKI(t, "6.1.0-a"), tpmtest.NewUKI(t, "6.1.0-b")
+			booted.Boot(t, spec)
+			goodSig, otherSig := booted.Sign(t, spec, priv, pub), other.Sign(t, spec, priv, pub)
 
 			img, key := image(t)
 			args := []string{"--unlock-key-file=" + key, "--tpm2-device=" + spec, "--tpm2-public-key=" + pub,
@@ -225,14 +138,14 @@ func TestSignedPolicyWeEnrollOthersUnseal(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sw := tpmtest.NewSwtpm(t)
 			keys := t.TempDir()
-			priv, pub := signingKey(t, keys)
+			priv, pub := tpmtest.SigningKey(t, keys)
 			pubPEM, err := os.ReadFile(pub)
 			if err != nil {
 				t.Fatal(err)
 			}
-			v1, v2 := newUKI(t, "6.1.0-v1"), newUKI(t, "6.1.0-v2")
-			v1.boot(t, sw.Spec)
-			sig1 := v1.sign(t, sw.Spec, priv, pub)
+			v1, v2 := tpmtest.NewUKI(t, "6.1.0-v1"), tpmtest.NewUKI(t, "6.1.0-v2")
+			v1.Boot(t, sw.Spec)
+			sig1 := v1.Sign(t, sw.Spec, priv, pub)
 			sig1JSON, err := os.ReadFile(sig1)
 			if err != nil {
 				t.Fatal(err)
@@ -276,7 +189,7 @@ func TestSignedPolicyWeEnrollOthersUnseal(t *testing.T) {
 
 			// systemd-cryptsetup with the signature: unsealed, then stopped by the
 			// missing device-mapper; with another UKI's signature: a TPM2 failure.
-			sig2 := v2.sign(t, sw.Spec, priv, pub)
+			sig2 := v2.Sign(t, sw.Spec, priv, pub)
 			var env []string
 			if tc.pin != "" {
 				env = []string{"PIN=" + tc.pin}
@@ -295,7 +208,7 @@ func TestSignedPolicyWeEnrollOthersUnseal(t *testing.T) {
 			// Kernel update: reboot into v2. v1's signature no longer applies, v2's
 			// does, and the token is the same.
 			sw.Reboot(t)
-			v2.boot(t, sw.Spec)
+			v2.Boot(t, sw.Spec)
 			tok := unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{1}, JSON: tokJSON}
 			if _, err := p.Unseal(testCtx(t), tok); !errors.Is(err, ErrPCRSignatureMismatch) {
 				t.Fatalf("after booting v2 with v1's signature: got %v, want ErrPCRSignatureMismatch", err)

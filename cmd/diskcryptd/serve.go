@@ -39,7 +39,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if *tpmDevice != "" {
 		cfg.TPMDevice = *tpmDevice
 	}
-	tf := tpmFlags{device: cfg.TPMDevice}
+	tf := tpmFlags{device: cfg.TPMDevice, sig: tpmSigFlags{signature: cfg.TPMSignature}}
 	prot, err := tf.protector(e, false)
 	if err != nil {
 		return err

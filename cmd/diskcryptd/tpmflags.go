@@ -14,6 +14,7 @@ type tpmFlags struct {
 	bank    string
 	withPIN bool
 	pinFile string
+	sig     tpmSigFlags
 }
 
 func (t *tpmFlags) register(f *flagSet, enroll bool) {
@@ -24,6 +25,7 @@ func (t *tpmFlags) register(f *flagSet, enroll bool) {
 		f.StringVar(&t.bank, "tpm2-pcr-bank", "", "PCR bank (default sha256)")
 		f.BoolVar(&t.withPIN, "tpm2-with-pin", false, "also require a PIN to unseal")
 	}
+	t.sig.register(f, enroll)
 }
 
 // pinSource returns a PIN callback that reads --tpm2-pin-file, or the environment
@@ -76,6 +78,9 @@ func (t *tpmFlags) protector(e *env, enroll bool) (*tpm.Protector, error) {
 		cfg.PIN = t.pinSource(e, "NEWPIN")
 	} else {
 		cfg.PIN = t.pinSource(e, "PIN")
+	}
+	if err := t.sig.apply(&cfg, enroll); err != nil {
+		return nil, err
 	}
 	return tpm.NewProtector(cfg)
 }
