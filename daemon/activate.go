@@ -23,7 +23,8 @@ import (
 // recovery-key tokens (those need a human at a prompt, not a protector).
 func Tokens(v *luks2.Volume) ([]unlock.Token, error) {
 	var out []unlock.Token
-	for _, t := range v.Metadata().Tokens {
+	md := v.Metadata()
+	for _, t := range md.Tokens {
 		if t.Type == unlock.RecoveryTokenType {
 			continue
 		}
@@ -31,7 +32,7 @@ func Tokens(v *luks2.Volume) ([]unlock.Token, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, unlock.Token{ID: t.ID, Type: t.Type, Keyslots: t.Keyslots, JSON: raw})
+		out = append(out, unlock.Token{ID: t.ID, Type: t.Type, Keyslots: t.Keyslots, JSON: raw, VolumeUUID: md.UUID})
 	}
 	return out, nil
 }

@@ -28,6 +28,9 @@ type Token struct {
 	Keyslots []int
 	// JSON is the token's whole JSON object, exactly as stored.
 	JSON []byte
+	// VolumeUUID is the LUKS2 UUID of the volume the token was read from, for
+	// protectors that bind their secret to the volume (KMIP's AAD); "" if unknown.
+	VolumeUUID string
 }
 
 // Protector recovers a keyslot passphrase from a token.
