@@ -299,6 +299,8 @@ func classify(ctx context.Context, err error) (class string, final bool) {
 	switch {
 	case errors.As(err, &ke), errors.Is(err, ErrNotActive):
 		return "kmip_error", true
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout", false
 	case errors.As(err, &te):
 		// A certificate the server or we reject stays rejected.
 		var ce *tls.CertificateVerificationError
@@ -311,8 +313,6 @@ func classify(ctx context.Context, err error) (class string, final bool) {
 		return "tls", false
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "refused", false
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout", false
 	}
 	return "error", false
 }
@@ -367,8 +367,11 @@ func (p *Protector) run(ctx context.Context, opName string, servers []string, op
 				p.metrics.observe(srv, "ok", time.Since(start))
 				return attemptResult{server: srv, corr: corr}, nil
 			}
-			if timedOut && !errors.Is(err, context.DeadlineExceeded) {
+			switch {
+			case timedOut:
 				err = fmt.Errorf("no answer within %s: %w", tm.Attempt, err)
+			case ctx.Err() != nil:
+				err = fmt.Errorf("cut at the token deadline: %w", err)
 			}
 			class, fin := classify(actx, err)
 			p.metrics.observe(srv, class, time.Since(start))

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/payloads"
+	"github.com/ovh/kmip-go/ttlv"
 
 	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -96,6 +97,9 @@ func (p *Protector) servers(t *Token) []string {
 // and keyslot); get mode fetches the secret object, only while it is Active. The
 // keyslot passphrase is base64 of the 32-byte secret.
 func (p *Protector) Unseal(ctx context.Context, tok unlock.Token) ([]byte, error) {
+	if tok.Type != TokenType {
+		return nil, fmt.Errorf("kms: token %d of type %q: %w", tok.ID, tok.Type, unlock.ErrNotMine)
+	}
 	t, err := ParseToken(tok.JSON)
 	if err != nil {
 		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
@@ -246,7 +250,7 @@ func stateName(s kmip.State) string {
 	if s == 0 {
 		return "in no state the server reported"
 	}
-	return fmt.Sprint(s)
+	return ttlv.EnumStr(s)
 }
 
 // Enrollment describes a new KMS protector for one keyslot of one volume.

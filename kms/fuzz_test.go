@@ -1,0 +1,42 @@
+package kms
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/diskcryptd/diskcryptd/unlock"
+)
+
+// FuzzParseToken: the token parser never panics, accepts only well-formed tokens,
+// and what it accepts survives a rewrite (Map) unchanged, unknown members included.
+func FuzzParseToken(f *testing.F) {
+	f.Add([]byte(`{"type":"diskcryptd-kmip","keyslots":["1"],"version":1,"mode":"wrap","servers":["127.0.0.1:5696"],"kek_uid":"1","algorithm":"AES-256-GCM","iv":"IHhOXhclzr+O3VIv","tag":"ckAFA62JAfiyNDPS8q3sFQ==","wrapped_secret":"mAd5QV7DMz+TVlL8keF4UzcdEhQM+EUJ7UBXLYaWeGM=","aad":"luks2-uuid,keyslot","x":{"y":[1]}}`))
+	f.Add([]byte(`{"type":"diskcryptd-kmip","keyslots":["3"],"version":1,"mode":"get","servers":["kms1:5696","[::1]:5696"],"kek_uid":"2"}`))
+	f.Add([]byte(`{"type":"systemd-tpm2"}`))
+	f.Add([]byte(`{"type":"diskcryptd-kmip","version":1,"mode":"wrap","servers":[]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tok, err := ParseToken(b)
+		if err != nil {
+			if !errors.Is(err, ErrToken) && !errors.Is(err, unlock.ErrNotMine) {
+				t.Fatalf("error wraps neither ErrToken nor ErrNotMine: %v", err)
+			}
+			return
+		}
+		again, err := json.Marshal(tok.Map())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok2, err := ParseToken(again)
+		if err != nil {
+			t.Fatalf("rewritten token does not parse: %v\n%s", err, again)
+		}
+		third, _ := json.Marshal(tok2.Map())
+		if string(third) != string(again) {
+			t.Fatalf("rewrite not stable:\n%s\n%s", again, third)
+		}
+		if len(tok2.Extra) != len(tok.Extra) {
+			t.Fatalf("unknown members lost")
+		}
+	})
+}
