@@ -464,6 +464,3 @@ func (p *Protector) Revoke(ctx context.Context, servers []string, uid, message s
 	})
 	return err
 }
-
-
-

@@ -352,6 +352,19 @@ func TestTokenAPI(t *testing.T) {
 	if want := `{"type":"systemd-tpm2","tpm2-blob":"Zm9v","keyslots":[],"tpm2-pcrs":[7]}`; string(got) != want {
 		t.Errorf("after keyslot removal: got %s", got)
 	}
+	seq := v.Metadata().Seqid
+	if err := v.ReplaceToken(4, []byte(`{"type":"z","keyslots":["0"],"x":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = v.ExportToken(4)
+	if want := `{"type":"z","keyslots":["0"],"x":1}`; string(got) != want || v.Metadata().Seqid != seq+1 {
+		t.Errorf("after ReplaceToken: got %s, seqid %d (was %d)", got, v.Metadata().Seqid, seq)
+	}
+	for id, bad := range map[int]string{5: `{"type":"z","keyslots":[]}`, 4: `{"type":"z","keyslots":["9"]}`} {
+		if err := v.ReplaceToken(id, []byte(bad)); err == nil {
+			t.Errorf("ReplaceToken(%d, %s) accepted", id, bad)
+		}
+	}
 }
 
 func TestResolveKDFTimeTarget(t *testing.T) {

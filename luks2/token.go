@@ -111,3 +111,32 @@ func (v *Volume) RemoveToken(id int) error {
 	delete(n.tokens, id)
 	return v.commit(n, v.bin.label, v.bin.subsystem)
 }
+
+// ReplaceToken replaces token id's JSON object with token in one metadata commit (a
+// KMS token rewrapped under a new KEK): there is never a moment with neither the old
+// nor the new token on disk. token must name existing keyslots.
+func (v *Volume) ReplaceToken(id int, token json.RawMessage) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.writable(); err != nil {
+		return err
+	}
+	if len(token) > maxTokenJSON {
+		return fmt.Errorf("%w: larger than %d bytes", ErrInvalidToken, maxTokenJSON)
+	}
+	if v.meta.tokens[id] == nil {
+		return fmt.Errorf("%w: %d", ErrTokenNotFound, id)
+	}
+	te, err := parseToken(token)
+	if err != nil {
+		return err
+	}
+	for _, k := range te.keyslots {
+		if v.meta.keyslots[k] == nil {
+			return fmt.Errorf("%w: references missing keyslot %d", ErrInvalidToken, k)
+		}
+	}
+	n := v.meta.clone()
+	n.tokens[id] = te
+	return v.commit(n, v.bin.label, v.bin.subsystem)
+}

@@ -16,6 +16,9 @@ func cmdEnroll(ctx context.Context, e *env, args []string) error {
 		return usageErrorf("usage: diskcryptd enroll tpm2|recovery|clevis --key-file EXISTING DEVICE")
 	}
 	kind, args := args[0], args[1:]
+	if kind == "kmip" {
+		return cmdEnrollKMIP(ctx, e, args)
+	}
 	f := newFlags(e, "enroll "+kind, "--key-file EXISTING [flags] DEVICE")
 	keyFile := f.String("key-file", "", "an existing passphrase, key file or recovery key (- for stdin)")
 	var tf tpmFlags

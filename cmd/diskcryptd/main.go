@@ -81,6 +81,7 @@ func commands() []command {
 		{"pcr", "read or extend TPM2 PCRs", cmdPCR},
 		{"version", "print the version", cmdVersion},
 		{"audit", "print the audit log of key releases and key changes", cmdAudit},
+		{"kms", "KMIP: rewrap a volume's KMS tokens under a new KEK, or make a TPM-held client key and CSR", cmdKMS},
 	}
 }
 

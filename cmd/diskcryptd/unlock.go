@@ -29,6 +29,7 @@ type unlockFlags struct {
 	timeout    time.Duration
 	measurePCR int
 	tpm        tpmFlags
+	kmip       kmipFlags
 	clevis     clevisFlags
 }
 
@@ -47,6 +48,7 @@ func cmdUnlock(ctx context.Context, e *env, args []string) error {
 	f.IntVar(&u.measurePCR, "tpm2-measure-pcr", -1, "after unlocking, measure the volume into this PCR (systemd uses 15)")
 	u.tpm.register(f, false)
 	u.clevis.register(f)
+	u.kmip.register(f, false)
 	pos, err := f.parse(args, 1, -1)
 	if err != nil {
 		return err
@@ -112,6 +114,11 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 		return nil, "", err
 	}
 	prots := []unlock.Protector{cp, auditedTPM{p, u.tpm.device}}
+	kp, err := u.kmip.unlockProtector(e)
+	if err != nil {
+		return nil, "", err
+	}
+	prots = append(prots, kp)
 	vk, rep, err := daemon.RecoverKey(ctx, v, prots, u.timeout, e.log)
 	daemon.EmitReleases(ctx, auditLogger(e), rep, prots, volumeRecord(audit.KindKeyRelease, "", v))
 	if err != nil {

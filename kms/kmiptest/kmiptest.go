@@ -146,7 +146,7 @@ type Server struct {
 	// Dir holds the configuration, database, certificates and log.
 	Dir string
 	// Log is the server's log file.
-	Log string
+	Log  string
 	cmd  *exec.Cmd
 	done chan struct{}
 }

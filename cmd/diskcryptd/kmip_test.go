@@ -1,0 +1,112 @@
+package main
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+	"github.com/diskcryptd/diskcryptd/kms/kmiptest"
+)
+
+// TestCLIKMIP drives enroll kmip, unlock, kms rewrap and a revocation against a real
+// pykmip-server, and checks the images with cryptsetup.
+func TestCLIKMIP(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	srv := kmiptest.Start(t)
+	tlsFlags := []string{"--kmip-ca", srv.CA.CertFile, "--kmip-cert", srv.Client.CertFile, "--kmip-key", srv.Client.KeyFile}
+	dir := t.TempDir()
+	img := newImage(t, dir, 40)
+	key := writeSecret(t, dir, "key", "correct horse kmip")
+	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+
+	r := mustCLI(t, "", nil, append(append([]string{"enroll", "kmip", "--key-file", key, "--kmip-server", srv.Addr}, tlsFlags...), img)...)
+	m := regexp.MustCompile(`keyslot (\d+) \(token (\d+)\), wrap mode, KEK UID (\S+)`).FindStringSubmatch(r.stdout)
+	if m == nil || !strings.Contains(r.stderr, "created KMIP object "+m[3]) {
+		t.Fatalf("enroll kmip output:\n%s\n%s", r.stdout, r.stderr)
+	}
+	kek := m[3]
+	dump := peer(t, nil, "cryptsetup", "luksDump", img)
+	if !strings.Contains(dump, "diskcryptd-kmip") {
+		t.Errorf("cryptsetup luksDump does not show the token:\n%s", dump)
+	}
+
+	unlockArgs := append(append([]string{"unlock", "--test"}, tlsFlags...), img)
+	r = mustCLI(t, "", nil, unlockArgs...)
+	if !strings.Contains(r.stdout, "token 0 (diskcryptd-kmip, kmip)") {
+		t.Errorf("unlock --test: %s", r.stdout)
+	}
+	if r := cli(t, "", nil, "unlock", "--test", img); r.code != exitPermission || !strings.Contains(r.stderr, "--kmip-ca") {
+		t.Errorf("unlock without TLS flags: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// The token copied to another volume (same keyslot number) does not open it.
+	img2 := newImage(t, t.TempDir(), 40)
+	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img2)...)
+	mustCLI(t, "", nil, append(append([]string{"keyslot", "add", "--key-file", key, "--new-key-file", key}, fastKDF...), img2)...)
+	exported := mustCLI(t, "", nil, "token", "export", "--token-id", "0", img).stdout
+	mustCLI(t, exported, nil, "token", "import", "--json-file", "-", img2)
+	if r := cli(t, "", nil, append(append([]string{"unlock", "--test"}, tlsFlags...), img2)...); r.code != exitPermission || !strings.Contains(r.stderr, "KMIP Decrypt failed") {
+		t.Errorf("copied token: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// KEK rotation: a new KEK, rewrap, revoke the old one; the keyslot is untouched.
+	admin, err := newKMIPProtector(&env{log: hclog.NewNullLogger()}, srv.CA.CertFile, srv.Client.CertFile, srv.Client.KeyFile, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKEK, err := admin.CreateKEK(t.Context(), []string{srv.Addr}, "rotated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := keyslotJSON(t, img, "1")
+	r = mustCLI(t, "", nil, append(append([]string{"kms", "rewrap", "--kmip-kek", newKEK}, tlsFlags...), img)...)
+	if !strings.Contains(r.stdout, "from KEK "+kek+" to KEK "+newKEK) {
+		t.Errorf("rewrap: %s", r.stdout)
+	}
+	if after := keyslotJSON(t, img, "1"); after != before {
+		t.Errorf("rewrap changed the keyslot:\n%s\n%s", before, after)
+	}
+	if err := admin.Revoke(t.Context(), []string{srv.Addr}, kek, "rotated"); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, "", nil, unlockArgs...)
+
+	// Remote revocation: the volume stays locked, and the error says where and why.
+	if err := admin.Revoke(t.Context(), []string{srv.Addr}, newKEK, "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	r = cli(t, "", nil, unlockArgs...)
+	if r.code != exitPermission || !strings.Contains(r.stderr, srv.Addr) || !strings.Contains(r.stderr, "PermissionDenied") {
+		t.Errorf("after revoke: exit %d\n%s", r.code, r.stderr)
+	}
+	t.Logf("after revoke: %s", r.stderr)
+	// The passphrase keyslot still opens it (cryptsetup agrees).
+	peer(t, nil, "cryptsetup", "open", "--test-passphrase", "--key-file", key, img)
+
+	// get mode, enrolled and unlocked.
+	r = mustCLI(t, "", nil, append(append([]string{"enroll", "kmip", "--kmip-mode", "get", "--key-file", key, "--kmip-server", srv.Addr}, tlsFlags...), img2)...)
+	if !strings.Contains(r.stdout, "get mode") {
+		t.Errorf("enroll get: %s", r.stdout)
+	}
+	r = mustCLI(t, "", nil, append(append([]string{"unlock", "--test"}, tlsFlags...), img2)...)
+	if !strings.Contains(r.stdout, "diskcryptd-kmip") {
+		t.Errorf("unlock get mode: %s", r.stdout)
+	}
+}
+
+// keyslotJSON returns keyslot id's JSON object, as cryptsetup reads it.
+func keyslotJSON(t *testing.T, img, id string) string {
+	t.Helper()
+	var meta struct {
+		Keyslots map[string]json.RawMessage `json:"keyslots"`
+	}
+	out := peer(t, nil, "cryptsetup", "luksDump", "--dump-json-metadata", img)
+	if err := json.Unmarshal([]byte(out), &meta); err != nil || meta.Keyslots[id] == nil {
+		t.Fatalf("no keyslot %s in cryptsetup's metadata: %v\n%s", id, err, out)
+	}
+	return string(meta.Keyslots[id])
+}
