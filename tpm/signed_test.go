@@ -49,15 +49,8 @@ func TestSignedPolicySystemdEnrollsWeUnseal(t *testing.T) {
 			goodSig, otherSig := booted.Sign(t, spec, priv, pub), other.Sign(t, spec, priv, pub)
 
 			img, key := image(t)
-			args := []string{"--unlock-key-file=" + key, "--tpm2-device=" + spec, "--tpm2-public-key=" + pub,
-				"--tpm2-public-key-pcrs=11", "--tpm2-pcrs=" + tc.pcrs, img}
-			var env []string
-			if tc.pin != "" {
-				args = append([]string{"--tpm2-with-pin=yes"}, args...)
-				env = []string{"NEWPIN=" + tc.pin}
-			}
-			run(t, env, nil, "systemd-cryptenroll", args...)
-			tokJSON, slot := exportToken(t, img, 0)
+			tokJSON, slot := systemdEnroll(t, spec, img, key, tc.pin, "--tpm2-public-key="+pub,
+				"--tpm2-public-key-pcrs=11", "--tpm2-pcrs="+tc.pcrs)
 			tok := unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{slot}, JSON: tokJSON}
 			pinFn := func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }
 
@@ -122,11 +115,7 @@ func TestSignedPolicySystemdEnrollsWeUnseal(t *testing.T) {
 // UKI) only a new signature is needed: no re-enrolment.
 func TestSignedPolicyWeEnrollOthersUnseal(t *testing.T) {
 	requireSignedPeers(t)
-	sdc := "/lib/systemd/systemd-cryptsetup"
-	if _, err := os.Stat(sdc); err != nil {
-		tpmtest.RequirePeer(t, "systemd-cryptsetup")
-		sdc = "systemd-cryptsetup"
-	}
+	sdc := tpmtest.SystemdCryptsetup(t)
 	for _, tc := range []struct {
 		name string
 		pcrs []int
@@ -161,31 +150,14 @@ func TestSignedPolicyWeEnrollOthersUnseal(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			newKey := filepath.Join(keys, "new")
-			if err := os.WriteFile(newKey, e.Passphrase, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			run(t, nil, nil, "cryptsetup", "luksAddKey", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-				"--key-file", key, "--new-key-slot", "1", img, newKey)
-			tokJSON := marshalToken(t, e.Token, 1)
-			tokFile := filepath.Join(keys, "token.json")
-			if err := os.WriteFile(tokFile, tokJSON, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			run(t, nil, nil, "cryptsetup", "token", "import", "--json-file", tokFile, "--token-id", "0", "--key-slot", "1", img)
+			tokJSON := importEnrollment(t, img, key, e)
 
 			// Independent unseal with tpm2-tools; the keyslot takes systemd's passphrase.
 			pass, err := tpmtest.UnsealSignedWithTools(t, sw.Spec, tokJSON, tc.pin, sig1JSON)
 			if err != nil {
 				t.Fatalf("tpm2-tools could not unseal our signed token: %v", err)
 			}
-			if !tpmtest.KeyslotAccepts(t, img, 1, pass) {
-				t.Fatal("the passphrase from the tpm2-tools unseal does not open keyslot 1")
-			}
-			pass[3] ^= 1
-			if tpmtest.KeyslotAccepts(t, img, 1, pass) {
-				t.Fatal("keyslot 1 accepted a wrong passphrase")
-			}
+			tpmtest.ProveKeyslot(t, img, 1, pass)
 
 			// systemd-cryptsetup with the signature: unsealed, then stopped by the
 			// missing device-mapper; with another UKI's signature: a TPM2 failure.

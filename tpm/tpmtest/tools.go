@@ -261,3 +261,29 @@ func pickSignature(t testing.TB, sigJSON []byte, bank string, pol []byte) []byte
 	}
 	return nil
 }
+
+// ProveKeyslot fails the test unless pass opens keyslot slot of img and the same
+// passphrase with one bit changed does not: the check can fail.
+func ProveKeyslot(t testing.TB, img string, slot int, pass []byte) {
+	t.Helper()
+	if !KeyslotAccepts(t, img, slot, pass) {
+		t.Fatalf("the passphrase does not open keyslot %d", slot)
+	}
+	wrong := bytes.Clone(pass)
+	wrong[len(wrong)/2] ^= 1
+	if KeyslotAccepts(t, img, slot, wrong) {
+		t.Fatalf("keyslot %d accepted a wrong passphrase: the check cannot fail", slot)
+	}
+}
+
+// SystemdCryptsetup returns the path of systemd-cryptsetup (Debian keeps it in
+// /lib/systemd), or skips/fails the test as RequirePeer does.
+func SystemdCryptsetup(t testing.TB) string {
+	t.Helper()
+	const debian = "/lib/systemd/systemd-cryptsetup"
+	if _, err := os.Stat(debian); err == nil {
+		return debian
+	}
+	RequirePeer(t, "systemd-cryptsetup")
+	return "systemd-cryptsetup"
+}
