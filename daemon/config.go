@@ -30,7 +30,8 @@ import (
 // DEVICE is a path, UUID=<LUKS UUID> or PARTLABEL=<label>. OPTIONS is a comma
 // separated list: discard, readonly, no-read-workqueue, no-write-workqueue,
 // same-cpu-crypt, submit-from-crypt-cpus, tpm2-measure-pcr=N|yes|no,
-// token-timeout=DURATION.
+// token-timeout=DURATION, key-file=/PATH (a fallback when no token opens the volume),
+// reseal=tpm2 (after such a fallback, reseal a TPM2 token whose PCRs changed).
 //
 // Every volume is measured into PCR 15 (DefaultMeasurePCR) after it is unlocked, when a
 // TPM is present, as systemd-cryptsetup's tpm2-measure-pcr=yes does: a supplanted
@@ -71,6 +72,12 @@ type VolumeConfig struct {
 	MeasurePCR int
 	// TokenTimeout overrides Config.TokenTimeout when > 0.
 	TokenTimeout time.Duration
+	// KeyFile, when set, is a passphrase file (0600) tried when no token opens the
+	// volume: an authorized fallback, e.g. on a provisioning network.
+	KeyFile string
+	// ResealTPM2 reseals a TPM2 token whose PCRs changed, after the volume opened
+	// through another route ("reseal=tpm2").
+	ResealTPM2 bool
 }
 
 // Default configuration values.
@@ -198,6 +205,16 @@ func parseVolumeOptions(v *VolumeConfig, opts string) error {
 				}
 				v.MeasurePCR = n
 			}
+		case "key-file":
+			if !hasVal || !strings.HasPrefix(val, "/") {
+				return fmt.Errorf("key-file=%q: want an absolute path", val)
+			}
+			v.KeyFile = val
+		case "reseal":
+			if val != "tpm2" {
+				return fmt.Errorf("reseal=%q: want reseal=tpm2", val)
+			}
+			v.ResealTPM2 = true
 		case "token-timeout":
 			d, err := time.ParseDuration(val)
 			if err != nil || d <= 0 {

@@ -19,6 +19,7 @@ import (
 	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/blockdev"
 	"github.com/diskcryptd/diskcryptd/luks2"
+	"github.com/diskcryptd/diskcryptd/reseal"
 	"github.com/diskcryptd/diskcryptd/systemd"
 	"github.com/diskcryptd/diskcryptd/unlock"
 	"github.com/hashicorp/go-hclog"
@@ -56,6 +57,11 @@ type VolumeStatus struct {
 	// these intervals overlap.
 	KeyslotStart float64 `json:"keyslot_start,omitempty"`
 	KeyslotEnd   float64 `json:"keyslot_end,omitempty"`
+	// Reseal says what the last reseal of a stale TPM2 token did, or why it failed.
+	Reseal string `json:"reseal,omitempty"`
+	// Reseals and ResealFailures count reseals done and failed since start.
+	Reseals        int `json:"reseals,omitempty"`
+	ResealFailures int `json:"reseal_failures,omitempty"`
 }
 
 // ErrDuplicateUUID is the reason a volume stays locked when more than one device
@@ -92,6 +98,9 @@ type Daemon struct {
 	Logger hclog.Logger
 	// Audit records every key release; nil records nothing.
 	Audit *audit.Logger
+	// Reseal reseals stale TPM2 tokens of volumes configured with reseal=tpm2; nil
+	// never reseals.
+	Reseal *reseal.Resealer
 
 	start time.Time
 	mu    sync.Mutex
@@ -240,11 +249,7 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 		}
 	}
 	var ksStart, ksEnd time.Time
-	vk, rep, err := recoverKey(ctx, v, serial, timeout, log, func(s, e time.Time) { ksStart, ksEnd = s, e })
-	// Protectors describe their releases with the TPM or network still theirs.
-	d.unseal.Lock()
-	EmitReleases(ctx, d.Audit, rep, prots, audit.Record{Actor: "daemon", Volume: vc.Name, Device: path, VolumeUUID: uuid})
-	d.unseal.Unlock()
+	rec, err := d.recoverWithFallback(ctx, v, vc, prots, serial, timeout, log, path, func(s, e time.Time) { ksStart, ksEnd = s, e })
 	if err != nil {
 		st := StateFailed
 		if errors.Is(err, unlock.ErrLocked) {
@@ -253,7 +258,9 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 		fail(st, err)
 		return
 	}
+	vk := rec.vk
 	defer vk.Wipe()
+	defer d.resealAfter(ctx, vc, path, rec) // after the mapping, before the wipe
 	if _, err := MapDevice(ctx, v, vk, dev, vc.Name, MapOptions{ReadOnly: vc.ReadOnly, Flags: vc.Flags, DM: d.dm()}, log); err != nil {
 		fail(StateFailed, err)
 		return
@@ -268,14 +275,13 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 			log.Error("measuring volume failed", "pcr", vc.MeasurePCR, "error", err)
 		}
 	}
-	w := rep.Winner()
 	elapsed := time.Since(d.start)
 	d.set(vc.Name, func(s *VolumeStatus) {
 		s.State, s.Seconds = StateUnlocked, elapsed.Seconds()
 		s.KeyslotStart, s.KeyslotEnd = ksStart.Sub(d.start).Seconds(), ksEnd.Sub(d.start).Seconds()
-		s.Token = fmt.Sprintf("%d:%s", w.Token.ID, w.Token.Type)
+		s.Token = rec.how
 	})
-	log.Info("volume unlocked", "token", w.Token.ID, "type", w.Token.Type, "elapsed", elapsed)
+	log.Info("volume unlocked", "token", rec.how, "elapsed", elapsed)
 }
 
 // checkExisting reports whether the mapping name already exists for this volume on
@@ -455,6 +461,7 @@ func (d *Daemon) Handler() http.Handler {
 				fmt.Fprintf(w, "diskcryptd_volume_unlock_seconds{volume=%q} %g\n", s.Name, s.Seconds)
 			}
 		}
+		writeResealMetrics(w, d.Status())
 	})
 	return mux
 }

@@ -82,6 +82,7 @@ func commands() []command {
 		{"version", "print the version", cmdVersion},
 		{"audit", "print the audit log of key releases and key changes", cmdAudit},
 		{"kms", "KMIP: rewrap a volume's KMS tokens under a new KEK, or make a TPM-held client key and CSR", cmdKMS},
+		{"reseal", "seal a TPM2 protector whose PCRs changed to the current values", cmdReseal},
 	}
 }
 

@@ -59,6 +59,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	} else {
 		e.log.Info("no TPM: volumes are not measured", "tpm2_device", cfg.TPMDevice)
 	}
+	al := audit.New(audit.Options{Path: audit.PathFrom(e.getenv, cfg.AuditLog), Actor: "daemon", Logger: e.log})
 	d := &daemon.Daemon{
 		Config: cfg,
 		Protectors: func(daemon.VolumeConfig) []unlock.Protector {
@@ -67,7 +68,8 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		Measure:  measurer,
 		Notifier: &systemd.Notifier{},
 		Logger:   e.log,
-		Audit:    audit.New(audit.Options{Path: audit.PathFrom(e.getenv, cfg.AuditLog), Actor: "daemon", Logger: e.log}),
+		Audit:    al,
+		Reseal:   resealer(e, cfg.TPMDevice, al),
 	}
 	err = d.Run(ctx, *once)
 	st := d.Status()
@@ -79,6 +81,9 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 			}
 			if s.State == daemon.StateUnlocked {
 				line += fmt.Sprintf(" (token %s, keyslot %.2fs-%.2fs, %.2fs)", s.Token, s.KeyslotStart, s.KeyslotEnd, s.Seconds)
+			}
+			if s.Reseal != "" {
+				line += "; " + s.Reseal
 			}
 			fmt.Fprintln(e.stdout, line)
 		}
