@@ -21,7 +21,7 @@ type errorMapping struct {
 func errorMap() []errorMapping {
 	return []errorMapping{
 		{luks2.ErrUnsupportedCipher, exitDevice, "the header names an encryption diskcryptd refuses (cipher_null, ECB, a mode without a per-sector IV); if nobody chose it, the header was edited: restore a header backup"},
-		{tpm.ErrPolicyMismatch, exitPermission, "the measured boot state differs from enrolment; unlock with the recovery key (diskcryptd unlock --key-file -) and re-enroll the TPM2 protector"},
+		{tpm.ErrPolicyMismatch, exitPermission, "the measured boot state differs from enrolment; reseal the TPM2 protector with another key: diskcryptd reseal --key-file - DEVICE (the recovery key or a passphrase on stdin); at boot, reseal=tpm2 in the configuration does it after a KMS, Tang or key-file fallback"},
 		{tpm.ErrPCRSignatureMismatch, exitPermission, "the PCR signature is for another kernel or boot phase: install the signature of the booted UKI (systemd-measure sign) or pass --tpm2-signature FILE"},
 		{tpm.ErrNoPCRSignature, exitPermission, "pass --tpm2-signature FILE, or set tpm2-signature in the configuration"},
 		{tpm.ErrLockout, exitPermission, "wait for the TPM's lockout to expire, or reset it with the lockout authorization"},
