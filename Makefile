@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 export CGO_ENABLED ?= 0
 
 .PHONY: deb
-.PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts lint generate demo clean
+.PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts bench-tang lint generate demo clean
 
 all: build
 
@@ -44,6 +44,11 @@ vmtest: static
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./luks2/
 	$(MAKE) bench-xts
+	$(MAKE) bench-tang
+
+# 16 Tang-bound volumes: diskcryptd unlock --test DEV... against a clevis luks pass loop.
+bench-tang:
+	TANG_SPEED_REPORT=1 $(GO) test -v -count=1 -run '^TestTangUnlockSpeedReport$$' ./cmd/diskcryptd/
 
 bench-xts:
 	XTS_SPEED_REPORT=1 $(GO) test -v -count=1 -run '^TestSpeedReport$$' ./xts/

@@ -125,15 +125,21 @@ func unlockTestMany(ctx context.Context, e *env, devices []string, u *unlockFlag
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			named := func(err error) error {
+				if strings.Contains(err.Error(), dev) {
+					return err
+				}
+				return fmt.Errorf("%s: %w", dev, err)
+			}
 			v, err := luks2.OpenFile(dev, luks2.ReadOnly)
 			if err != nil {
-				errs[i] = fmt.Errorf("%s: %w", dev, err)
+				errs[i] = named(err)
 				return
 			}
 			defer v.Close()
 			vk, how, err := recoverKey(ctx, e, v, u)
 			if err != nil {
-				errs[i] = fmt.Errorf("%s: %w", dev, err)
+				errs[i] = named(err)
 				return
 			}
 			vk.Wipe()
