@@ -2,8 +2,8 @@
 // manager or a software TPM socket), creates the storage primary key exactly as
 // systemd-cryptenroll does, seals 32-byte secrets to PCR values (and optionally a PIN),
 // unseals them through salted, parameter-encrypted policy sessions, reads and extends
-// PCRs, and reads and writes the LUKS2 tokens of systemd ("systemd-tpm2") and clevis
-// ("clevis" with the "tpm2" pin).
+// PCRs, and reads and writes the LUKS2 tokens of systemd ("systemd-tpm2"). For clevis's
+// tpm2 pin it unseals the sealed object (ClevisToken); package clevis parses the JWE.
 //
 // # Objects (TPM 2.0 Library, Part 1 and Part 3)
 //
@@ -43,8 +43,8 @@
 //
 // systemd-tpm2 tokens are written as systemd 252 writes them and read with the fields
 // later versions add (tpm2_srk, tpm2_salt); systemd-pcrlock policies (tpm2_pcrlock)
-// are recognised and refused with ErrSignedPolicyUnsupported. clevis tokens with the
-// tpm2 pin are read only.
+// are recognised and refused with ErrSignedPolicyUnsupported. clevis tokens are
+// package clevis's.
 //
 // # Signed PCR policies
 //

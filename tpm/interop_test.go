@@ -207,20 +207,3 @@ func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
 		})
 	}
 }
-
-func TestInteropClevis(t *testing.T) {
-	testpeer.Require(t, "clevis", "tpm2_createprimary")
-	spec := tpmtest.StartSwtpm(t)
-	img, key := image(t)
-	run(t, []string{"TPM2TOOLS_TCTI=" + spec}, nil, "clevis", "luks", "bind", "-y", "-k", key, "-d", img, "tpm2", `{"pcr_ids":"7"}`)
-	tokJSON, slot := exportToken(t, img, 0)
-	p, err := NewProtector(Config{Device: spec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pass, err := p.Unseal(testCtx(t), unlock.Token{ID: 0, Type: TypeClevis, Keyslots: []int{slot}, JSON: tokJSON})
-	if err != nil {
-		t.Fatalf("unseal clevis token %s: %v", tokJSON, err)
-	}
-	testPassphrase(t, img, slot, pass)
-}

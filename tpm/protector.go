@@ -10,7 +10,6 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/diskcryptd/diskcryptd/jose"
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
 
@@ -49,8 +48,7 @@ type Config struct {
 	Logger hclog.Logger
 }
 
-// Protector unseals "systemd-tpm2" and clevis "tpm2" tokens and enrolls new
-// "systemd-tpm2" tokens.
+// Protector unseals "systemd-tpm2" tokens and enrolls new ones.
 type Protector struct {
 	cfg  Config
 	bank tpm2.TPMIAlgHash
@@ -134,15 +132,13 @@ func (p *Protector) withTPM(ctx context.Context, fn func(t transport.TPM) error)
 	return fn(t)
 }
 
-// Unseal implements unlock.Protector for "systemd-tpm2" tokens and "clevis" tokens
-// with the tpm2 pin; other tokens are unlock.ErrNotMine, and so is a blob that this
-// TPM's storage key cannot load (another machine's TPM).
+// Unseal implements unlock.Protector for "systemd-tpm2" tokens; other tokens
+// (clevis ones included: package clevis reads those) are unlock.ErrNotMine, and so is
+// a blob that this TPM's storage key cannot load (another machine's TPM).
 func (p *Protector) Unseal(ctx context.Context, tok unlock.Token) ([]byte, error) {
 	switch tok.Type {
 	case TypeSystemd:
 		return p.unsealSystemd(ctx, tok)
-	case TypeClevis:
-		return p.unsealClevis(ctx, tok)
 	}
 	return nil, fmt.Errorf("tpm: token %d of type %q: %w", tok.ID, tok.Type, unlock.ErrNotMine)
 }
@@ -261,48 +257,6 @@ func (p *Protector) pinAuth(ctx context.Context, prompt string, salt []byte) ([]
 		return nil, errors.New("tpm: empty PIN")
 	}
 	return PINAuthValue(pin, salt), nil
-}
-
-func (p *Protector) unsealClevis(ctx context.Context, tok unlock.Token) ([]byte, error) {
-	ct, err := ParseClevisToken(tok.JSON)
-	if err != nil {
-		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
-	}
-	sealed, err := ct.Sealed()
-	if err != nil {
-		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
-	}
-	alg, err := ct.PrimaryAlg()
-	if err != nil {
-		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
-	}
-	log := p.log.With("token", tok.ID, "type", tok.Type, "pcrs", FormatPCRs(sealed.Policy.PCRs), "bank", BankName(sealed.Policy.bank()))
-	var jwkJSON []byte
-	err = p.withTPM(ctx, func(t transport.TPM) error {
-		var err error
-		jwkJSON, err = p.unsealUnderPrimary(ctx, t, alg, sealed, nil, nil)
-		return err
-	})
-	if err != nil {
-		log.Debug("unseal failed", "error", err)
-		return nil, notMineIfWrongTPM(tok.ID, err)
-	}
-	defer wipe(jwkJSON)
-	jwk, err := jose.ParseJWK(jwkJSON)
-	if err != nil {
-		return nil, fmt.Errorf("token %d: unsealed clevis key: %w", tok.ID, err)
-	}
-	key, err := jwk.SymmetricKey()
-	if err != nil {
-		return nil, fmt.Errorf("token %d: unsealed clevis key: %w", tok.ID, err)
-	}
-	defer wipe(key)
-	pass, err := ct.JWE.DecryptDir(key)
-	if err != nil {
-		return nil, fmt.Errorf("token %d: %w", tok.ID, err)
-	}
-	log.Debug("unsealed")
-	return pass, nil
 }
 
 // Enroll implements unlock.Enroller: it seals a new random 32-byte secret to the

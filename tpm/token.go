@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/diskcryptd/diskcryptd/jose"
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
 
@@ -16,7 +15,8 @@ import (
 const (
 	// TypeSystemd is systemd-cryptenroll's token type.
 	TypeSystemd = "systemd-tpm2"
-	// TypeClevis is clevis's token type (only its "tpm2" pin is read here).
+	// TypeClevis is clevis's token type: package clevis handles it (every pin);
+	// Protector.Unseal passes it on as unlock.ErrNotMine.
 	TypeClevis = "clevis"
 )
 
@@ -166,65 +166,11 @@ type ClevisTPM2 struct {
 	PCRIDs string `json:"pcr_ids,omitempty"`
 }
 
-// ClevisToken is a parsed "clevis" token with the tpm2 pin.
+// ClevisToken is the tpm2 pin of a clevis token: package clevis parses the JWE
+// (with go-jose) and hands the pin's header here to be unsealed.
 type ClevisToken struct {
-	// JWE is the token's JWE.
-	JWE *jose.JWE
 	// TPM2 is the pin configuration from the protected header.
 	TPM2 ClevisTPM2
-}
-
-// ParseClevisToken parses a "clevis" token; a token of another pin is
-// unlock.ErrNotMine.
-func ParseClevisToken(b []byte) (*ClevisToken, error) {
-	var tok struct {
-		Type string          `json:"type"`
-		JWE  json.RawMessage `json:"jwe"`
-	}
-	if err := json.Unmarshal(b, &tok); err != nil {
-		return nil, fmt.Errorf("tpm: token JSON: %w", err)
-	}
-	if tok.Type != TypeClevis {
-		return nil, fmt.Errorf("tpm: token type %q: %w", tok.Type, unlock.ErrNotMine)
-	}
-	jwe, err := jose.Parse(tok.JWE)
-	if err != nil {
-		return nil, fmt.Errorf("tpm: clevis token: %w", err)
-	}
-	var clevis struct {
-		Pin  string          `json:"pin"`
-		TPM2 json.RawMessage `json:"tpm2"`
-	}
-	if raw, ok := jwe.Protected["clevis"]; !ok || json.Unmarshal(raw, &clevis) != nil {
-		return nil, errors.New("tpm: clevis token has no clevis header")
-	}
-	if clevis.Pin != "tpm2" {
-		return nil, fmt.Errorf("tpm: clevis pin %q: %w", clevis.Pin, unlock.ErrNotMine)
-	}
-	var c ClevisToken
-	c.JWE = jwe
-	// pcr_ids is a string in clevis's header; accept an array of numbers too.
-	var loose map[string]json.RawMessage
-	if err := json.Unmarshal(clevis.TPM2, &loose); err != nil {
-		return nil, fmt.Errorf("tpm: clevis tpm2 header: %w", err)
-	}
-	if raw, ok := loose["pcr_ids"]; ok && len(raw) > 0 && raw[0] == '[' {
-		var ids []json.Number
-		if err := json.Unmarshal(raw, &ids); err != nil {
-			return nil, fmt.Errorf("tpm: clevis pcr_ids: %w", err)
-		}
-		s := make([]string, len(ids))
-		for i, id := range ids {
-			s[i] = id.String()
-		}
-		delete(loose, "pcr_ids")
-		c.TPM2.PCRIDs = strings.Join(s, ",")
-		clevis.TPM2, _ = json.Marshal(loose)
-	}
-	if err := json.Unmarshal(clevis.TPM2, &c.TPM2); err != nil {
-		return nil, fmt.Errorf("tpm: clevis tpm2 header: %w", err)
-	}
-	return &c, nil
 }
 
 // Sealed decodes the clevis token's sealed object and PCR policy.
