@@ -23,6 +23,10 @@ func cmdEnroll(ctx context.Context, e *env, args []string) error {
 	keyFile := f.String("key-file", "", "an existing passphrase, key file or recovery key (- for stdin)")
 	var tf tpmFlags
 	var cf clevisFlags
+	replace := new(bool)
+	if kind == "recovery" {
+		replace = f.Bool("replace", false, "replace the existing recovery key: the old keyslot and token go in the same metadata commit")
+	}
 	if kind == "tpm2" {
 		tf.register(f, true)
 	}
@@ -71,6 +75,9 @@ func cmdEnroll(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer clear(en.Passphrase)
+	if *replace {
+		return replaceRecovery(ctx, e, v, vk, en, pos[0])
+	}
 	tok, err := json.Marshal(en.Token)
 	if err != nil {
 		return fmt.Errorf("encoding token: %w", err)
