@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -183,23 +184,38 @@ func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
 			if tc.pin != "" {
 				env = []string{"PIN=" + tc.pin}
 			}
-			out, _ := runErr(env, nil, sdc, "attach", "diskcryptd-interop", img, "-", "tpm2-device="+spec+",headless=true")
-			t.Logf("systemd-cryptsetup said:\n%s", out)
-			// On a host without device-mapper, systemd 252 prints "Failed to activate
-			// with TPM2 acquired key: Operation not supported" once it has unsealed our
-			// token and the keyslot accepted the key; the proof that the key is right is
-			// the independent unseal above.
-			if strings.Contains(out, "TPM2 operation failed") || strings.Contains(out, "Failed to unseal") {
-				t.Fatalf("systemd-cryptsetup could not unseal our token:\n%s", out)
-			}
-			if !strings.Contains(out, "Failed to activate with TPM2 acquired key: Operation not supported") {
-				t.Fatalf("systemd-cryptsetup did not get past the TPM2 unlock:\n%s", out)
+			// Each run of systemd-cryptsetup 252 leaves one session loaded on a TPM
+			// without a resource manager: two runs leave too few slots for our unseal.
+			for run := range 2 {
+				out, _ := runErr(env, nil, sdc, "attach", "diskcryptd-interop", img, "-", "tpm2-device="+spec+",headless=true")
+				if run == 0 {
+					t.Logf("systemd-cryptsetup said:\n%s", out)
+				}
+				// On a host without device-mapper, systemd 252 prints "Failed to
+				// activate with TPM2 acquired key: Operation not supported" once it has
+				// unsealed our token; that the key is right is proved by the
+				// independent unseal above.
+				if strings.Contains(out, "TPM2 operation failed") || strings.Contains(out, "Failed to unseal") {
+					t.Fatalf("systemd-cryptsetup could not unseal our token:\n%s", out)
+				}
+				if !strings.Contains(out, "Failed to activate with TPM2 acquired key: Operation not supported") {
+					t.Fatalf("systemd-cryptsetup did not get past the TPM2 unlock:\n%s", out)
+				}
 			}
 			// systemd-cryptsetup left its sessions loaded on the raw TPM; diskcryptd
-			// flushes them and still unseals.
-			got, err := p.Unseal(testCtx(t), unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{1}, JSON: tokJSON})
+			// flushes them (and says so) and still unseals.
+			var logs bytes.Buffer
+			after, err := NewProtector(Config{Device: spec, Logger: hclog.New(&hclog.LoggerOptions{Output: &logs}),
+				PIN: func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := after.Unseal(testCtx(t), unlock.Token{ID: 0, Type: TypeSystemd, Keyslots: []int{1}, JSON: tokJSON})
 			if err != nil {
 				t.Fatalf("unseal after systemd-cryptsetup: %v", err)
+			}
+			if !strings.Contains(logs.String(), "flushed the sessions and objects another process left loaded") {
+				t.Fatalf("systemd-cryptsetup left no stale handles, so the flush is not tested here; log:\n%s", logs.String())
 			}
 			if !tpmtest.KeyslotAccepts(t, img, 1, got) {
 				t.Fatal("our unseal after systemd-cryptsetup does not open keyslot 1")

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
@@ -107,4 +108,21 @@ func mustJSON(v any) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// TestResourceManagerDetection: only transports known to reach a raw TPM flush.
+func TestResourceManagerDetection(t *testing.T) {
+	for _, tc := range []struct {
+		t    transport.TPM
+		want bool // without a resource manager
+	}{
+		{&streamTPM{name: "/dev/tpmrm0", rm: isResourceManagerDevice("/dev/tpmrm0")}, false},
+		{&streamTPM{name: "/dev/tpm0", rm: isResourceManagerDevice("/dev/tpm0")}, true},
+		{&streamTPM{name: "/run/swtpm/sock", stream: true}, true},
+		{&busRecorder{}, false}, // unknown transports are assumed to have one
+	} {
+		if got := withoutResourceManager(tc.t); got != tc.want {
+			t.Errorf("%T %+v: without resource manager = %v, want %v", tc.t, tc.t, got, tc.want)
+		}
+	}
 }

@@ -292,14 +292,24 @@ func wipe(b []byte) {
 	clear(b)
 }
 
-// unsealWithAuth unseals an object without a policy (clevis without pcr_ids) through a
-// salted HMAC session that also encrypts the response.
+// unsealWithAuth unseals an object without a policy (clevis without pcr_ids): a
+// salted HMAC session of this package's proves knowledge of the authValue (which
+// never crosses the bus), and a second salted session encrypts the response.
 func unsealWithAuth(tc transport.TPM, parent *Key, load *tpm2.LoadResponse, authValue []byte) ([]byte, error) {
+	sess, err := startHMACSession(tc, parent, authValue)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.flush(tc)
+	enc, closeEnc, err := tpm2.HMACSession(tc, tpm2.TPMAlgSHA256, 16,
+		tpm2.Salted(parent.Handle, parent.Public), tpm2.AESEncryption(128, tpm2.EncryptOut))
+	if err != nil {
+		return nil, fmt.Errorf("tpm: start encryption session: %w", err)
+	}
+	defer func() { _ = closeEnc() }()
 	rsp, err := tpm2.Unseal{
-		ItemHandle: tpm2.AuthHandle{Handle: load.ObjectHandle, Name: load.Name,
-			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(authValue),
-				tpm2.Salted(parent.Handle, parent.Public), tpm2.AESEncryption(128, tpm2.EncryptOut))},
-	}.Execute(tc)
+		ItemHandle: tpm2.AuthHandle{Handle: load.ObjectHandle, Name: load.Name, Auth: sess},
+	}.Execute(tc, enc)
 	if err != nil {
 		return nil, classify("unseal", err)
 	}

@@ -17,6 +17,9 @@ import (
 // policySession is a salted policy session whose authorization HMAC this package
 // computes itself (TPM 2.0 Library, Part 1, 19.6 "Session-based Authorizations").
 //
+// The same type serves as a salted HMAC session (startHMACSession), where the
+// authValue is always part of the key.
+//
 // It exists because go-tpm v0.9.8 computes the HMAC key of its own sessions from a
 // wrongly trimmed authValue: hmacKeyFromAuthValue (tpm2/sessions.go) walks the value
 // from its end and cuts at every zero byte it meets instead of stopping at the first
@@ -47,6 +50,21 @@ const sessionNonceSize = 16
 // salt is encrypted to parent (ECDH or RSA-OAEP with label "SECRET", Part 1, 11.4.10
 // and Annex B/C), so the session key is unknown to anyone watching the bus.
 func startPolicySession(t transport.TPM, parent *Key) (*policySession, error) {
+	return startSession(t, parent, tpm2.TPMSEPolicy)
+}
+
+// startHMACSession starts a salted HMAC session that proves knowledge of authValue,
+// for objects authorized by their authValue rather than a policy (userWithAuth).
+func startHMACSession(t transport.TPM, parent *Key, authValue []byte) (*policySession, error) {
+	s, err := startSession(t, parent, tpm2.TPMSEHMAC)
+	if err != nil {
+		return nil, err
+	}
+	s.authValue = bytes.Clone(trimAuthValue(authValue))
+	return s, nil
+}
+
+func startSession(t transport.TPM, parent *Key, typ tpm2.TPMSE) (*policySession, error) {
 	ek, err := tpm2.ImportEncapsulationKey(&parent.Public)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: salt key: %w", err)
@@ -65,12 +83,12 @@ func startPolicySession(t transport.TPM, parent *Key) (*policySession, error) {
 		Bind:          tpm2.TPMRHNull,
 		NonceCaller:   s.nonceCaller,
 		EncryptedSalt: tpm2.TPM2BEncryptedSecret{Buffer: encSalt},
-		SessionType:   tpm2.TPMSEPolicy,
+		SessionType:   typ,
 		Symmetric:     tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
 		AuthHash:      tpm2.TPMAlgSHA256,
 	}.Execute(t)
 	if err != nil {
-		return nil, classify("start policy session", err)
+		return nil, classify("start session", err)
 	}
 	s.handle = tpm2.TPMHandle(rsp.SessionHandle.HandleValue())
 	s.nonceTPM = rsp.NonceTPM

@@ -199,3 +199,63 @@ func TestGoTPMTruncatesInnerZeroAuth(t *testing.T) {
 		t.Fatalf("go-tpm's session with an inner-zero authValue: got %v, want TPM_RC_AUTH_FAIL (the upstream bug)", err)
 	}
 }
+
+// TestUnsealUserWithAuth unseals objects authorized by their authValue, not a policy
+// (userWithAuth, as clevis seals without PCRs, here with an authValue): the HMAC
+// session is this package's own, so inner zero bytes work and the authValue never
+// crosses the bus.
+func TestUnsealUserWithAuth(t *testing.T) {
+	_, raw := openSwtpm(t)
+	setMaxTries(t, raw, 1000)
+	ctx := testCtx(t)
+	bus := &busRecorder{t: raw}
+	parent, err := CreatePrimary(ctx, bus, PrimaryECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parent.Close(bus)
+	for _, pin := range append([]string{"", "1234"}, innerZeroPINs...) {
+		t.Run("pin "+pin, func(t *testing.T) {
+			var auth []byte
+			if pin != "" {
+				auth = PINAuthValue([]byte(pin), nil)
+			}
+			secret := sha256.Sum256([]byte("user with auth " + pin))
+			rsp, err := tpm2.Create{
+				ParentHandle: tpm2.AuthHandle{Handle: parent.Handle, Name: parent.Name,
+					Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(parent.Handle, parent.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))},
+				InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+					UserAuth: tpm2.TPM2BAuth{Buffer: auth},
+					Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret[:]}),
+				}},
+				InPublic: tpm2.New2B(tpm2.TPMTPublic{
+					Type: tpm2.TPMAlgKeyedHash, NameAlg: tpm2.TPMAlgSHA256,
+					ObjectAttributes: tpm2.TPMAObject{FixedTPM: true, FixedParent: true, UserWithAuth: true},
+					Parameters:       tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
+				}),
+			}.Execute(withContext(ctx, bus)) // retries TPM_RC_RETRY
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &Sealed{Private: rsp.OutPrivate, Public: rsp.OutPublic}
+			got, err := Unseal(ctx, bus, parent, s, auth)
+			if err != nil {
+				t.Fatalf("unseal: %v", err)
+			}
+			if !bytes.Equal(got, secret[:]) {
+				t.Fatal("unsealed a different secret")
+			}
+			if pin != "" {
+				if _, err := Unseal(ctx, bus, parent, s, PINAuthValue([]byte(pin+"x"), nil)); !errors.Is(err, ErrBadPIN) {
+					t.Fatalf("wrong authValue: got %v, want ErrBadPIN", err)
+				}
+				if bus.sawBytes(trimAuthValue(auth)) {
+					t.Fatal("the authValue crossed the bus in the clear")
+				}
+			}
+			if bus.sawBytes(secret[:]) {
+				t.Fatal("the secret crossed the bus in the clear")
+			}
+		})
+	}
+}
