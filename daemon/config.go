@@ -22,6 +22,9 @@ import (
 //	device-timeout 90s
 //	socket         /run/diskcryptd/diskcryptd.sock
 //	audit-log      /var/log/diskcryptd/audit.jsonl
+//	kmip-ca        /etc/diskcryptd/kmip-ca.pem
+//	kmip-cert      /etc/diskcryptd/kmip-client.pem
+//	kmip-key       /etc/diskcryptd/kmip-client.key
 //	# volumes: volume NAME DEVICE [OPTIONS]
 //	volume data0 UUID=0e3f6c1e-5a7b-4c43-9d2e-6f1f2a3b4c5d discard,tpm2-measure-pcr=15
 //	volume data1 PARTLABEL=data1 readonly
@@ -53,6 +56,10 @@ type Config struct {
 	// AuditLog is the audit log file ("" for the default, "none" for no file);
 	// $DISKCRYPTD_AUDIT_LOG overrides it.
 	AuditLog string
+	// KMIPCA, KMIPCert and KMIPKey ("kmip-ca", "kmip-cert", "kmip-key" PATH) are the
+	// mutual-TLS identity for KMIP tokens: the CA of the KMS servers, this host's
+	// client certificate and its key (PEM files). All three or none.
+	KMIPCA, KMIPCert, KMIPKey string
 	// Volumes are unlocked in parallel.
 	Volumes []VolumeConfig
 }
@@ -150,6 +157,18 @@ func ParseConfig(r io.Reader) (*Config, error) {
 				return nil, bad("want: tpm2-signature /PATH (systemd-measure's PCR signature JSON)")
 			}
 			c.TPMSignature = f[1]
+		case "kmip-ca", "kmip-cert", "kmip-key":
+			if len(f) != 2 || !strings.HasPrefix(f[1], "/") {
+				return nil, bad("want: %s /PATH (a PEM file)", f[0])
+			}
+			switch f[0] {
+			case "kmip-ca":
+				c.KMIPCA = f[1]
+			case "kmip-cert":
+				c.KMIPCert = f[1]
+			default:
+				c.KMIPKey = f[1]
+			}
 		case "audit-log":
 			if len(f) != 2 {
 				return nil, bad("want: audit-log PATH (or none)")
@@ -174,6 +193,9 @@ func ParseConfig(r io.Reader) (*Config, error) {
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	if n := countSet(c.KMIPCA, c.KMIPCert, c.KMIPKey); n != 0 && n != 3 {
+		return nil, fmt.Errorf("%w: kmip-ca, kmip-cert and kmip-key go together (mutual TLS)", ErrConfig)
 	}
 	return c, nil
 }
@@ -226,4 +248,14 @@ func parseVolumeOptions(v *VolumeConfig, opts string) error {
 		}
 	}
 	return nil
+}
+
+func countSet(s ...string) int {
+	n := 0
+	for _, v := range s {
+		if v != "" {
+			n++
+		}
+	}
+	return n
 }

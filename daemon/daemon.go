@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -101,6 +102,9 @@ type Daemon struct {
 	// Reseal reseals stale TPM2 tokens of volumes configured with reseal=tpm2; nil
 	// never reseals.
 	Reseal *reseal.Resealer
+	// Metrics are written after the daemon's own on GET /metrics (a protector's
+	// counters, e.g. diskcryptd_kms_requests_total).
+	Metrics []io.WriterTo
 
 	start time.Time
 	mu    sync.Mutex
@@ -111,6 +115,13 @@ type Daemon struct {
 	unseal sync.Mutex
 	// afterHeader, when set (tests), runs after a volume's header was read.
 	afterHeader func(VolumeConfig)
+}
+
+// ConcurrentProtector is implemented by protectors whose Unseal may run for several
+// volumes at once (network protectors with a connection per call, such as KMIP): the
+// daemon does not serialize them under its unseal lock.
+type ConcurrentProtector interface {
+	ConcurrentUnseal() bool
 }
 
 // serialProtector runs a protector's Unseal under the daemon's unseal lock.
@@ -245,6 +256,10 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 	if d.Protectors != nil {
 		prots = d.Protectors(vc)
 		for _, p := range prots {
+			if c, ok := p.(ConcurrentProtector); ok && c.ConcurrentUnseal() {
+				serial = append(serial, p)
+				continue
+			}
 			serial = append(serial, serialProtector{Protector: p, mu: &d.unseal})
 		}
 	}
@@ -462,6 +477,9 @@ func (d *Daemon) Handler() http.Handler {
 			}
 		}
 		writeResealMetrics(w, d.Status())
+		for _, m := range d.Metrics {
+			m.WriteTo(w)
+		}
 	})
 	return mux
 }

@@ -88,6 +88,7 @@ func TestKMIP(t *testing.T) {
 		{"EnrollUnseal", testEnrollUnseal}, {"Failover", testFailover}, {"ForeignClientCert", testForeignClientCert},
 		{"Revoked", testRevoked}, {"Rewrap", testRewrap}, {"AAD", testAAD}, {"CorruptToken", testCorruptToken},
 		{"Canary", testCanary}, {"Blackhole", testBlackhole},
+		{"Daemon", testDaemon},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, f) })
 	}

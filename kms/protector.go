@@ -82,6 +82,10 @@ func New(cfg Config) (*Protector, error) {
 // Name implements unlock.Protector.
 func (p *Protector) Name() string { return Name }
 
+// ConcurrentUnseal reports that Unseal may run for several volumes at once (each call
+// has its own connections); the daemon then does not serialize it.
+func (p *Protector) ConcurrentUnseal() bool { return true }
+
 // Metrics returns the protector's request counters and latencies.
 func (p *Protector) Metrics() *Metrics { return p.metrics }
 

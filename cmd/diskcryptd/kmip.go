@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
 	"github.com/diskcryptd/diskcryptd/audit"
+	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/kms"
 	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -249,4 +251,18 @@ func cmdKMSRewrap(ctx context.Context, e *env, args []string) error {
 		return withCode(exitUsage, "", errors.New("no diskcryptd-kmip wrap token to rewrap on this volume"))
 	}
 	return nil
+}
+
+// daemonKMIP builds the daemon's KMIP protector from its configuration (kmip-ca,
+// kmip-cert, kmip-key), and the metrics it exports; without them, a protector that
+// says what a KMIP token needs.
+func daemonKMIP(e *env, cfg *daemon.Config) (unlock.Protector, []io.WriterTo, error) {
+	if cfg.KMIPCA == "" {
+		return kmipUnconfigured{}, nil, nil
+	}
+	p, err := newKMIPProtector(e, cfg.KMIPCA, cfg.KMIPCert, cfg.KMIPKey, "", 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, []io.WriterTo{p.Metrics()}, nil
 }

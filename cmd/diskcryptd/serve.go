@@ -60,10 +60,15 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		e.log.Info("no TPM: volumes are not measured", "tpm2_device", cfg.TPMDevice)
 	}
 	al := audit.New(audit.Options{Path: audit.PathFrom(e.getenv, cfg.AuditLog), Actor: "daemon", Logger: e.log})
+	kp, kmetrics, err := daemonKMIP(e, cfg)
+	if err != nil {
+		return err
+	}
 	d := &daemon.Daemon{
-		Config: cfg,
+		Metrics: kmetrics,
+		Config:  cfg,
 		Protectors: func(daemon.VolumeConfig) []unlock.Protector {
-			return []unlock.Protector{cp, auditedTPM{prot, cfg.TPMDevice}}
+			return append([]unlock.Protector{cp, auditedTPM{prot, cfg.TPMDevice}}, kp)
 		},
 		Measure:  measurer,
 		Notifier: &systemd.Notifier{},
