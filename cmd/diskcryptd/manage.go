@@ -113,7 +113,9 @@ func cmdRepair(_ context.Context, e *env, args []string) error {
 }
 
 func cmdErase(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "erase", "--batch-mode DEVICE")
+	f := newFlags(e, "erase", "--batch-mode [--kms-revoke --kmip-ca F --kmip-cert F --kmip-key F] DEVICE")
+	var ek eraseKMS
+	ek.register(f)
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err
@@ -126,6 +128,10 @@ func cmdErase(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer v.Close()
+	keks, err := ek.plan(e, v)
+	if err != nil {
+		return err
+	}
 	rec := volumeRecord(audit.KindErase, pos[0], v)
 	for _, k := range v.Metadata().Keyslots {
 		rec.Keyslots = append(rec.Keyslots, k.ID)
@@ -136,5 +142,5 @@ func cmdErase(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "%s: every keyslot destroyed; the data is unrecoverable\n", pos[0])
-	return nil
+	return ek.run(ctx, e, pos[0], rec.VolumeUUID, keks)
 }
