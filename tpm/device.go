@@ -48,6 +48,28 @@ func Open(spec string) (transport.TPMCloser, error) {
 	}
 }
 
+// OpenContext is Open for a caller that can wait: a raw TPM device (/dev/tpm0) admits
+// one process at a time and answers others EBUSY, so while ctx allows it the open is
+// retried (parallel unlocks in serve, or systemd-cryptsetup holding the device).
+func OpenContext(ctx context.Context, spec string) (transport.TPMCloser, error) {
+	return retryBusy(ctx, func() (transport.TPMCloser, error) { return Open(spec) })
+}
+
+// retryBusy calls open until it returns something other than EBUSY or ctx is done.
+func retryBusy(ctx context.Context, open func() (transport.TPMCloser, error)) (transport.TPMCloser, error) {
+	for {
+		t, err := open()
+		if err == nil || !errors.Is(err, syscall.EBUSY) {
+			return t, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errors.Join(err, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 func swtpmPath(conf string) (string, error) {
 	for _, kv := range strings.Split(conf, ",") {
 		if p, ok := strings.CutPrefix(kv, "path="); ok && p != "" {

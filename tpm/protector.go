@@ -107,7 +107,7 @@ func (p *Protector) open(ctx context.Context) (transport.TPMCloser, error) {
 	if p.cfg.Open != nil {
 		return p.cfg.Open(ctx)
 	}
-	return Open(p.cfg.Device)
+	return OpenContext(ctx, p.cfg.Device)
 }
 
 // withTPM opens the TPM and runs fn on it. On a TPM reached without a resource

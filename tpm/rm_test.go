@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -124,5 +126,30 @@ func TestResourceManagerDetection(t *testing.T) {
 		if got := withoutResourceManager(tc.t); got != tc.want {
 			t.Errorf("%T %+v: without resource manager = %v, want %v", tc.t, tc.t, got, tc.want)
 		}
+	}
+}
+
+// TestOpenRetriesBusy: a raw TPM device answers a second opener EBUSY; the open is
+// retried until the holder lets go, or the context ends.
+func TestOpenRetriesBusy(t *testing.T) {
+	busy := 0
+	open := func() (transport.TPMCloser, error) {
+		if busy < 3 {
+			busy++
+			return nil, &os.PathError{Op: "open", Path: "/dev/tpm0", Err: syscall.EBUSY}
+		}
+		return &streamTPM{name: "/dev/tpm0"}, nil
+	}
+	if tp, err := retryBusy(testCtx(t), open); err != nil || tp == nil || busy != 3 {
+		t.Fatalf("got %v, %v after %d EBUSY", tp, err, busy)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	busy = 0
+	if _, err := retryBusy(ctx, open); !errors.Is(err, syscall.EBUSY) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: got %v", err)
+	}
+	if _, err := retryBusy(testCtx(t), func() (transport.TPMCloser, error) { return nil, os.ErrNotExist }); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("other errors are returned at once: got %v", err)
 	}
 }
