@@ -155,6 +155,11 @@ func (v *Volume) Repair() error {
 	if v.mode != ReadWrite {
 		return ErrReadOnly
 	}
+	release, _, err := v.lockForWrite(context.Background())
+	if err != nil {
+		return err
+	}
+	defer release()
 	p, s := v.st.primary, v.st.secondary
 	if p != nil && s != nil && p.bin.seqid == s.bin.seqid && string(p.json) == string(s.json) {
 		return nil
@@ -169,9 +174,11 @@ func (v *Volume) Repair() error {
 func (v *Volume) Erase(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(ctx)
+	if err != nil {
 		return err
 	}
+	defer release()
 	area := &keyslotEntry{ks: jsonKeyslot{Area: &jsonArea{Offset: u64(2 * v.bin.hdrSize), Size: v.meta.config.KeyslotsSize}}}
 	if err := v.wipeArea(ctx, area); err != nil {
 		return err

@@ -38,12 +38,23 @@ type readOnlyFile struct{ *os.File }
 
 func (f readOnlyFile) WriteAt([]byte, int64) (int, error) { return 0, ErrReadOnly }
 
+// isBlockDevice reports whether path names a block device.
+func isBlockDevice(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0
+}
+
 // openPath opens path for mode and returns it with its size in bytes (block devices
 // report their size through Seek).
 func openPath(path string, mode Mode) (*os.File, Device, int64, error) {
-	flag := os.O_RDONLY
+	return openPathFlags(path, mode, 0)
+}
+
+// openPathFlags is openPath with extra open flags.
+func openPathFlags(path string, mode Mode, extra int) (*os.File, Device, int64, error) {
+	flag := os.O_RDONLY | extra
 	if mode == ReadWrite {
-		flag = os.O_RDWR
+		flag = os.O_RDWR | extra
 	}
 	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {

@@ -87,6 +87,25 @@
 // Tests cut the writes after every write and at many byte offsets and reopen the
 // result with the old and the new secret.
 //
+// # Exclusivity between processes
+//
+// Metadata writers take the same per-device lock cryptsetup takes
+// (lib/utils_device_locking.c), so diskcryptd and cryptsetup never interleave
+// metadata writes: an exclusive flock on the image file itself, or, for a block
+// device, on the lock file DefaultLockDir/L_major:minor (/run/cryptsetup, created
+// 0700 if missing; the file is removed on release, and a waiter that locked a removed
+// file retries). Every change of a Volume opened with OpenFile in ReadWrite mode (and
+// FormatFile) takes the lock, re-reads the headers under it when another process
+// changed them, and works on what is on disk; Volume.LockMetadata holds it across
+// several changes. A writer waits until its context ends and then fails with
+// ErrDeviceLocked (changes without a context wait as cryptsetup does, indefinitely).
+// A write computed from metadata that changed on disk meanwhile fails with
+// ErrConcurrentUpdate instead of overwriting it. FormatFile opens a block device
+// O_EXCL: Linux refuses it (EBUSY) while the device is mounted or mapped. Volumes
+// opened with OpenDevice are not locked: their caller provides exclusivity. Readers
+// take no lock (the two-copy commit keeps a valid copy at every instant). Where the
+// platform has no flock (not unix), there is no inter-process locking.
+//
 // # Secrets
 //
 // Volume keys live in *VolumeKey, which redacts String and GoString, refuses to

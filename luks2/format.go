@@ -238,10 +238,28 @@ func Format(ctx context.Context, dev Device, size int64, passphrase []byte, opts
 
 // FormatFile formats the block device or image file at path (see Format) and
 // returns the volume, which owns the file, and its volume key.
+//
+// A block device is opened with O_EXCL, which Linux refuses (EBUSY) while the device
+// is mounted, mapped or otherwise held open exclusively. The device's metadata lock
+// (see Volume.LockMetadata) is held while formatting; Format waits for it until ctx
+// ends (ErrDeviceLocked).
 func FormatFile(ctx context.Context, path string, passphrase []byte, opts *FormatOptions) (*Volume, *VolumeKey, error) {
-	f, dev, size, err := openPath(path, ReadWrite)
+	extra := 0
+	if isBlockDevice(path) {
+		extra = os.O_EXCL
+	}
+	f, dev, size, err := openPathFlags(path, ReadWrite, extra)
 	if err != nil {
 		return nil, nil, err
+	}
+	locker := newLocker(f)
+	if locker != nil {
+		release, err := locker.lock(ctx)
+		if err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		defer release()
 	}
 	v, vk, err := Format(ctx, dev, size, passphrase, opts)
 	if err != nil {
@@ -249,6 +267,7 @@ func FormatFile(ctx context.Context, path string, passphrase []byte, opts *Forma
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	v.file = f
+	v.locker = locker
 	return v, vk, nil
 }
 

@@ -300,6 +300,16 @@ func (v *Volume) writeKeyslot(ctx context.Context, m *metadata, vk *VolumeKey, p
 	if opts == nil {
 		opts = &KeyslotOptions{}
 	}
+	// The keyslot area is allocated from m: it must be what is on disk. Writers hold
+	// the device lock from before reading m until the commit that references the
+	// area (then nothing changes here); for one that does not, a change since m was
+	// read fails here or at the commit with ErrConcurrentUpdate, never overwriting
+	// another writer's keyslot.
+	release, err := v.lockUnchanged()
+	if err != nil {
+		return 0, nil, err
+	}
+	defer release()
 	id, err := m.freeKeyslot(slot)
 	if err != nil {
 		return 0, nil, err
@@ -372,9 +382,11 @@ func (v *Volume) writeKeyslot(ctx context.Context, m *metadata, vk *VolumeKey, p
 func (v *Volume) AddKeyslot(ctx context.Context, vk *VolumeKey, passphrase []byte, slot int, opts *KeyslotOptions) (int, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(ctx)
+	if err != nil {
 		return 0, err
 	}
+	defer release()
 	n, id, err := v.prepareKeyslot(ctx, v.meta, vk, passphrase, slot, opts)
 	if err != nil {
 		return 0, err
@@ -400,9 +412,11 @@ func (v *Volume) AddKeyslotByPassphrase(ctx context.Context, existing, newPassph
 func (v *Volume) AddKeyslotWithToken(ctx context.Context, vk *VolumeKey, passphrase []byte, slot int, opts *KeyslotOptions, token json.RawMessage, tokenID int) (int, int, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(ctx)
+	if err != nil {
 		return 0, 0, err
 	}
+	defer release()
 	if _, err := parseTokenLoose(token); err != nil {
 		return 0, 0, err
 	}
@@ -435,9 +449,11 @@ func (v *Volume) AddKeyslotWithToken(ctx context.Context, vk *VolumeKey, passphr
 func (v *Volume) RemoveKeyslot(ctx context.Context, slot int) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(ctx)
+	if err != nil {
 		return err
 	}
+	defer release()
 	e := v.meta.keyslots[slot]
 	if e == nil {
 		return fmt.Errorf("%w: %d", ErrKeyslotNotFound, slot)
@@ -525,9 +541,11 @@ func (v *Volume) wipeArea(ctx context.Context, e *keyslotEntry) error {
 func (v *Volume) SetKeyslotPriority(slot int, p Priority) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(context.Background())
+	if err != nil {
 		return err
 	}
+	defer release()
 	e := v.meta.keyslots[slot]
 	if e == nil {
 		return fmt.Errorf("%w: %d", ErrKeyslotNotFound, slot)

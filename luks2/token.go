@@ -1,6 +1,7 @@
 package luks2
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -45,9 +46,11 @@ func parseTokenLoose(raw []byte) (*tokenEntry, error) {
 func (v *Volume) AddToken(token json.RawMessage, id int) (int, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(context.Background())
+	if err != nil {
 		return 0, err
 	}
+	defer release()
 	if len(token) > maxTokenJSON {
 		return 0, fmt.Errorf("%w: larger than %d bytes", ErrInvalidToken, maxTokenJSON)
 	}
@@ -101,9 +104,11 @@ func (v *Volume) ExportToken(id int) (json.RawMessage, error) {
 func (v *Volume) RemoveToken(id int) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(context.Background())
+	if err != nil {
 		return err
 	}
+	defer release()
 	if v.meta.tokens[id] == nil {
 		return fmt.Errorf("%w: %d", ErrTokenNotFound, id)
 	}

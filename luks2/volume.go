@@ -1,6 +1,7 @@
 package luks2
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -27,6 +28,11 @@ type Volume struct {
 	roReason error
 	// limits, when set, replace DefaultKDFLimits for Unlock.
 	limits *KDFLimits
+	// locker takes the device's metadata lock (nil: no inter-process locking);
+	// lockDepth counts nested holds and lockRelease gives the lock back.
+	locker      deviceLocker
+	lockDepth   int
+	lockRelease func()
 }
 
 // SetKDFLimits replaces the KDF cost limits Unlock and UnlockKeyslot apply (by
@@ -71,6 +77,9 @@ func OpenFile(path string, mode Mode) (*Volume, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	v.file = f
+	if mode == ReadWrite {
+		v.locker = newLocker(f)
+	}
 	return v, nil
 }
 
@@ -442,6 +451,11 @@ func (v *Volume) CryptTarget(vk *VolumeKey) (*CryptTarget, error) {
 // that is not the only valid copy on disk is written first; each write is followed
 // by Sync, so at every instant a valid copy holds the old or the new state.
 func (v *Volume) commit(newMeta *metadata, label, subsystem string) error {
+	release, err := v.lockUnchanged()
+	if err != nil {
+		return err
+	}
+	defer release()
 	js := newMeta.encode()
 	if int64(len(js)) >= v.bin.hdrSize-binHeaderSize {
 		return fmt.Errorf("%w: JSON metadata (%d bytes) does not fit the %d-byte JSON area", ErrMetadataFull, len(js), v.bin.hdrSize-binHeaderSize)
@@ -521,8 +535,10 @@ func (v *Volume) reloadAfterFailure() {
 func (v *Volume) SetLabel(label, subsystem string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.writable(); err != nil {
+	release, err := v.beginWrite(context.Background())
+	if err != nil {
 		return err
 	}
+	defer release()
 	return v.commit(v.meta.clone(), label, subsystem)
 }

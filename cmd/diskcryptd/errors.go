@@ -36,6 +36,8 @@ func errorMap() []errorMapping {
 		{luks2.ErrUnsupportedRequirement, exitDevice, "this volume needs a feature diskcryptd does not implement; use cryptsetup for it"},
 		{luks2.ErrDeviceTooSmall, exitDevice, ""},
 		{daemon.ErrNotBlockDevice, exitDevice, "attach an image file to a loop device first: losetup -f --show IMAGE"},
+		{luks2.ErrDeviceLocked, exitBusy, "another process (diskcryptd or cryptsetup) is changing this device's metadata; retry when it is done"},
+		{luks2.ErrConcurrentUpdate, exitBusy, "the header changed while this command ran; run it again"},
 		{blockdev.ErrMappingExists, exitBusy, "a mapping with that name exists: pick another name or lock it first"},
 		{blockdev.ErrMappingNotFound, exitDevice, "see diskcryptd status for the mapped volumes"},
 		// Last: a path that does not exist is a wrong device (key files that do not
