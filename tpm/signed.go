@@ -198,8 +198,8 @@ func ParsePCRSignatures(b []byte) (PCRSignatures, error) {
 	return s, nil
 }
 
-// ReadPCRSignatures reads a signature file; path "" means DefaultSignaturePath, and
-// then a missing file is ErrNoPCRSignature.
+// ReadPCRSignatures reads a signature file; path "" means DefaultSignaturePath. A
+// missing file is ErrNoPCRSignature.
 func ReadPCRSignatures(path string) (PCRSignatures, error) {
 	p := path
 	if p == "" {
@@ -207,8 +207,11 @@ func ReadPCRSignatures(path string) (PCRSignatures, error) {
 	}
 	f, err := os.Open(p)
 	if err != nil {
-		if path == "" && errors.Is(err, os.ErrNotExist) {
-			return nil, ErrNoPCRSignature
+		if errors.Is(err, os.ErrNotExist) {
+			if path == "" {
+				return nil, ErrNoPCRSignature
+			}
+			return nil, fmt.Errorf("%w: %w", ErrNoPCRSignature, err)
 		}
 		return nil, fmt.Errorf("tpm: PCR signature: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -70,8 +71,18 @@ func TestSignedPolicySystemdEnrollsWeUnseal(t *testing.T) {
 			if !errors.Is(err, ErrPCRSignatureMismatch) || !errors.As(err, &mismatch) || !strings.Contains(err.Error(), "other PCR values") {
 				t.Fatalf("signature for another UKI: got %v, want a SignatureMismatchError for other PCR values", err)
 			}
+			// A signature file claiming the right policy with a forged signature: the
+			// TPM itself refuses it.
+			forged := filepath.Join(keys, "forged.json")
+			if err := os.WriteFile(forged, forgeSignature(t, goodSig), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			fp, _ := NewProtector(Config{Device: spec, Signature: forged, PIN: pinFn})
+			if _, err := fp.Unseal(testCtx(t), tok); !errors.Is(err, ErrPCRSignatureMismatch) || !strings.Contains(err.Error(), "TPM rejected the signature") {
+				t.Fatalf("forged signature: got %v", err)
+			}
 			none, _ := NewProtector(Config{Device: spec, Signature: filepath.Join(keys, "missing.json"), PIN: pinFn})
-			if _, err := none.Unseal(testCtx(t), tok); err == nil || !errors.Is(err, os.ErrNotExist) {
+			if _, err := none.Unseal(testCtx(t), tok); !errors.Is(err, ErrNoPCRSignature) || !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("missing signature file: got %v", err)
 			}
 
@@ -105,6 +116,35 @@ func TestSignedPolicySystemdEnrollsWeUnseal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// forgeSignature returns the signature file at path with every signature's first
+// byte changed.
+func forgeSignature(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigs, err := ParsePCRSignatures(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, entries := range sigs {
+		for i := range entries {
+			raw, err := base64.StdEncoding.DecodeString(entries[i].Sig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw[0] ^= 0x80
+			entries[i].Sig = base64.StdEncoding.EncodeToString(raw)
+		}
+	}
+	out, err := json.Marshal(sigs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // TestSignedPolicyWeEnrollOthersUnseal: a volume we enrol with a signed policy is
