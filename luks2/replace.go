@@ -14,7 +14,8 @@ import (
 // material is written and synced before the update; the dropped keyslots' areas are
 // overwritten after it. token is the token's JSON object (its "keyslots" member is
 // set to the new keyslot); tokenID may be AnyToken (the lowest id free before the
-// update, so the new token never reuses a dropped token's id).
+// update, so the new token never reuses a dropped token's id), or the id of a token
+// this update drops (the new token takes its place, and its place in token order).
 //
 // It is how a protector is rotated: a new recovery key replacing the old one, a TPM2
 // protector resealed to new PCR values. It returns the new keyslot and token ids and
@@ -40,8 +41,16 @@ func (v *Volume) ReplaceKeyslots(ctx context.Context, vk *VolumeKey, passphrase 
 		}
 		dropSet[id] = true
 	}
-	tid, err = v.meta.freeToken(tokenID)
-	if err != nil {
+	reuse := false
+	if t := v.meta.tokens[tokenID]; t != nil && len(t.keyslots) > 0 {
+		reuse = true
+		for _, k := range t.keyslots {
+			reuse = reuse && dropSet[k]
+		}
+	}
+	if reuse {
+		tid = tokenID
+	} else if tid, err = v.meta.freeToken(tokenID); err != nil {
 		return 0, 0, nil, err
 	}
 	n, slot, err := v.prepareKeyslot(ctx, v.meta, vk, passphrase, AnySlot, opts)

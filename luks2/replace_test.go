@@ -91,6 +91,14 @@ func TestReplaceKeyslots(t *testing.T) {
 	if unlocks(v, "a") || !unlocks(v, "b") {
 		t.Error("old keyslot opens, or new one does not")
 	}
+	// The new token may take the place of the one it replaces, never of another.
+	slot, tid, dropped, err = v.ReplaceKeyslots(ctx, vk, []byte("c"), kdf, []byte(`{"type":"t3","keyslots":[]}`), 2, []int{2})
+	if err != nil || tid != 2 || slot != 1 || len(dropped) != 1 || dropped[0] != 2 || unlocks(v, "b") || !unlocks(v, "c") {
+		t.Fatalf("replace in place: slot %d token %d dropped %v err %v", slot, tid, dropped, err)
+	}
+	if _, _, _, err := v.ReplaceKeyslots(ctx, vk, []byte("d"), kdf, []byte(`{"type":"t"}`), 1, []int{1}); !errors.Is(err, ErrTokenInUse) {
+		t.Errorf("taking the id of a token kept: %v", err)
+	}
 	if _, _, _, err := v.ReplaceKeyslots(ctx, vk, []byte("c"), kdf, []byte(`{"type":"t"}`), AnyToken, []int{7}); !errors.Is(err, ErrKeyslotNotFound) {
 		t.Errorf("dropping a missing keyslot: %v", err)
 	}

@@ -222,7 +222,9 @@ func Apply(ctx context.Context, v *luks2.Volume, vk *luks2.VolumeKey, s Stale, e
 	if err != nil {
 		return Result{}, fmt.Errorf("reseal: encoding token: %w", err)
 	}
-	slot, tid, dropped, err := v.ReplaceKeyslots(ctx, vk, en.Passphrase, &luks2.KeyslotOptions{KDF: luks2.MinimumCostKDF()}, tok, luks2.AnyToken, s.Token.Keyslots)
+	// The new token takes the stale one's id, and so its place in the order tokens
+	// are tried at boot.
+	slot, tid, dropped, err := v.ReplaceKeyslots(ctx, vk, en.Passphrase, &luks2.KeyslotOptions{KDF: luks2.MinimumCostKDF()}, tok, s.Token.ID, s.Token.Keyslots)
 	if err != nil {
 		return Result{}, err
 	}

@@ -172,7 +172,7 @@ func TestResealPowerCut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.OldToken != 0 || res.NewToken != 1 || res.NewKeyslot != 2 {
+	if res.OldToken != 0 || res.NewToken != 0 || res.NewKeyslot != 2 {
 		t.Fatalf("result %+v", res)
 	}
 	cuts := map[int64]bool{dry.count: true}
@@ -222,10 +222,20 @@ func TestResealPowerCut(t *testing.T) {
 				t.Errorf("cut at %d (%s): TPM2 tokens %+v, want exactly one with one keyslot", cut, name, tpmTokens)
 				continue
 			}
+			// Keyslot 1 is the stale protector's, 2 the fresh one's; the token bound to it
+			// must be that protector's token (same sealed blob).
 			tk := tpmTokens[0]
-			pass := old.Passphrase
-			if tk.ID == 1 {
-				pass = fresh.Passphrase
+			isFresh := tk.Keyslots[0] == 2
+			pass, want := old.Passphrase, old.Token["tpm2-blob"]
+			if isFresh {
+				pass, want = fresh.Passphrase, fresh.Token["tpm2-blob"]
+			}
+			var blob struct {
+				Blob string `json:"tpm2-blob"`
+			}
+			json.Unmarshal(tk.JSON, &blob)
+			if blob.Blob != want {
+				t.Errorf("cut at %d (%s): token %d bound to keyslot %d carries the other protector's blob", cut, name, tk.ID, tk.Keyslots[0])
 			}
 			if !opens(t, rv, tk.Keyslots[0], pass) {
 				t.Errorf("cut at %d (%s): token %d's keyslot %d does not open with its secret", cut, name, tk.ID, tk.Keyslots[0])
@@ -233,7 +243,7 @@ func TestResealPowerCut(t *testing.T) {
 			if n := len(rv.Metadata().Keyslots); n != 2 {
 				t.Errorf("cut at %d (%s): %d keyslots, want 2", cut, name, n)
 			}
-			if done && name == "synced" && tk.ID != 1 {
+			if done && name == "synced" && !isFresh {
 				t.Errorf("cut at %d: reseal returned success but the synced image has the stale token", cut)
 			}
 		}
@@ -249,7 +259,7 @@ func TestResealPowerCut(t *testing.T) {
 		got = k
 		return err
 	})
-	if err != nil || !got.Equal(vk) || rep.Winner().Token.ID != 1 {
+	if err != nil || !got.Equal(vk) || rep.Winner().Token.ID != 0 || rep.Winner().Token.Keyslots[0] != 2 {
 		t.Fatalf("unlock through the resealed token: %v", err)
 	}
 	got.Wipe()

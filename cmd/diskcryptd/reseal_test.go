@@ -69,15 +69,15 @@ func TestServeResealsAfterFallback(t *testing.T) {
 		t.Fatalf("TPM2 unlock after the PCR change: %+v", r)
 	}
 	r = cli(t, "", env, "serve", "--once", "--config", cfg, "--tpm2-device", spec)
-	if !strings.Contains(r.stdout, "resealed: TPM2 token 0 (keyslots [1]) resealed as token 2") {
+	if !strings.Contains(r.stdout, "resealed: TPM2 token 0 (keyslots [1]) resealed as token 0 (keyslot") {
 		t.Fatalf("serve after the PCR change did not reseal:\n%s\n%s", r.stdout, r.stderr)
 	}
 	after := tpmTokens(t, env, img)
-	if len(after) != 1 || after[0].ID != 2 || after[0].Keyslots[0] == before[0].Keyslots[0] {
+	if len(after) != 1 || after[0].ID != 0 || after[0].Keyslots[0] == before[0].Keyslots[0] {
 		t.Fatalf("TPM2 tokens after reseal: %+v (before %+v)", after, before)
 	}
 	// The TPM alone opens it again; cryptsetup sees a sound header.
-	if out := mustCLI(t, "", env, "unlock", "--test", "--tpm2-device", spec, img).stdout; !strings.Contains(out, "token 2 (systemd-tpm2") {
+	if out := mustCLI(t, "", env, "unlock", "--test", "--tpm2-device", spec, img).stdout; !strings.Contains(out, "token 0 (systemd-tpm2") {
 		t.Fatalf("unlock after reseal: %s", out)
 	}
 	peer(t, nil, "cryptsetup", "open", "--test-passphrase", "--key-file", key, img)
@@ -93,7 +93,7 @@ func TestServeResealsAfterFallback(t *testing.T) {
 		t.Fatalf("reseal without a fallback: %+v", r)
 	}
 	out := mustCLI(t, rec, env, "reseal", "--tpm2-device", spec, "--key-file", "-", img).stdout
-	if !strings.Contains(out, "TPM2 token 2") || !strings.Contains(out, "sha256 PCRs 16") {
+	if !strings.Contains(out, "TPM2 token 0") || !strings.Contains(out, "sha256 PCRs 16") {
 		t.Fatalf("reseal by hand: %s", out)
 	}
 	mustCLI(t, "", env, "unlock", "--test", "--tpm2-device", spec, img)
