@@ -25,6 +25,9 @@ import (
 //	kmip-ca        /etc/diskcryptd/kmip-ca.pem
 //	kmip-cert      /etc/diskcryptd/kmip-client.pem
 //	kmip-key       /etc/diskcryptd/kmip-client.key
+//	tang-timeout   5s      # each request to a Tang server (clevis tokens)
+//	tang-attempts  3       # tries of each Tang request, backoff doubling from 250ms
+//	tang-ca-file   /etc/diskcryptd/tang-ca.pem   # CAs for https:// Tang servers
 //	# volumes: volume NAME DEVICE [OPTIONS]
 //	volume data0 UUID=0e3f6c1e-5a7b-4c43-9d2e-6f1f2a3b4c5d discard,tpm2-measure-pcr=15
 //	volume data1 PARTLABEL=data1 readonly
@@ -60,6 +63,13 @@ type Config struct {
 	// mutual-TLS identity for KMIP tokens: the CA of the KMS servers, this host's
 	// client certificate and its key (PEM files). All three or none.
 	KMIPCA, KMIPCert, KMIPKey string
+	// TangTimeout bounds each request to a Tang server (0: 5 s).
+	TangTimeout time.Duration
+	// TangAttempts is the number of tries of each Tang request (0: 3).
+	TangAttempts int
+	// TangCAFile holds the CA certificates for https:// Tang servers ("": the
+	// system's).
+	TangCAFile string
 	// Volumes are unlocked in parallel.
 	Volumes []VolumeConfig
 }
@@ -186,6 +196,26 @@ func ParseConfig(r io.Reader) (*Config, error) {
 				c.TokenTimeout = d
 			} else {
 				c.DeviceTimeout = d
+			}
+		case "tang-timeout", "tang-attempts", "tang-ca-file":
+			if len(f) != 2 {
+				return nil, bad("want: %s VALUE", f[0])
+			}
+			switch f[0] {
+			case "tang-ca-file":
+				c.TangCAFile = f[1]
+			case "tang-attempts":
+				n, err := strconv.Atoi(f[1])
+				if err != nil || n < 1 || n > 10 {
+					return nil, bad("tang-attempts: %q is not a number from 1 to 10", f[1])
+				}
+				c.TangAttempts = n
+			default:
+				d, err := time.ParseDuration(f[1])
+				if err != nil || d <= 0 {
+					return nil, bad("tang-timeout: %q is not a positive duration like 5s", f[1])
+				}
+				c.TangTimeout = d
 			}
 		default:
 			return nil, bad("unknown setting %q", f[0])

@@ -3,9 +3,15 @@ package tang
 import (
 	"context"
 	"crypto"
+	"encoding/pem"
 	"errors"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/diskcryptd/diskcryptd/internal/tangtest"
@@ -53,5 +59,34 @@ func TestParseAdvRejects(t *testing.T) {
 	}
 	if _, err := ParseKeys([]byte(`{"keys":[{"kty":"EC","crv":"P-256","d":"AA","x":"AA","y":"AA","key_ops":["verify"]}]}`)); !errors.Is(err, ErrAdv) {
 		t.Fatalf("private key: %v, want ErrAdv", err)
+	}
+}
+
+// TestHTTPSWithCAFile: an https:// Tang URL (a TLS front of tangd) works with the CA
+// file that signed its certificate, and fails without it.
+func TestHTTPSWithCAFile(t *testing.T) {
+	srv := tangtest.Start(t)
+	target, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := httptest.NewTLSServer(httputil.NewSingleHostReverseProxy(target))
+	defer front.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw})
+	if err := os.WriteFile(ca, pemBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hc, err := NewHTTPClient(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&Client{HTTP: hc}).Adv(context.Background(), front.URL, ""); err != nil {
+		t.Fatalf("https with the CA file: %v", err)
+	}
+	_, err = (&Client{}).Adv(context.Background(), front.URL, "")
+	var te *Error
+	if !errors.As(err, &te) || te.URL != front.URL || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("https without the CA: %v, want a certificate error naming %s", err, front.URL)
 	}
 }

@@ -61,6 +61,7 @@ func TestCLIClevis(t *testing.T) {
 		t.Fatalf("enroll: %s", r.stdout)
 	}
 	clevisPassOpens(t, img1, 1)
+	logs := []string{r.stdout + r.stderr}
 
 	img2 := newClevisImage(t, key)
 	r = mustCLI(t, "", nil, "enroll", "clevis", "--key-file", key, "--pin", "tang", "--trust-first-use", "--config", fmt.Sprintf(`{"url":%q}`, c.URL), img2)
@@ -82,6 +83,7 @@ func TestCLIClevis(t *testing.T) {
 		t.Fatalf("unlock --test of two devices:\n%s", r.stdout)
 	}
 	t.Logf("unlock --test of two devices:\n%s", r.stdout)
+	logs = append(logs, r.stdout+r.stderr)
 	if !strings.Contains(r.stderr, c.URL) || !strings.Contains(r.stderr, "connection refused") {
 		t.Fatalf("the dead server's failure is not reported with its URL and reason:\n%s", r.stderr)
 	}
@@ -108,6 +110,20 @@ func TestCLIClevis(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "not signed by a trusted key") {
 		t.Fatalf("regen against unknown keys: exit %d\n%s", r.code, r.stderr)
 	}
-	mustCLI(t, "", nil, "token", "regen", "--tang-thumbprint", a.SigningThumbprints()[0], img1)
+	r = mustCLI(t, "", nil, "token", "regen", "--tang-thumbprint", a.SigningThumbprints()[0], img1)
 	clevisPassOpens(t, img1, 1)
+
+	// Canary: the keyslot passphrase (unchanged by regen) is in no output, at debug level.
+	logs = append(logs, r.stdout+r.stderr)
+	pass, err := exec.Command("clevis", "luks", "pass", "-d", img1, "-s", "1").Output()
+	if err != nil || len(pass) < 32 {
+		t.Fatalf("clevis luks pass: %v", err)
+	}
+	r = mustCLI(t, "", nil, "unlock", "--test", img1)
+	logs = append(logs, r.stdout+r.stderr)
+	for i, l := range logs {
+		if strings.Contains(l, string(pass)) {
+			t.Fatalf("output %d carries the keyslot passphrase", i)
+		}
+	}
 }

@@ -44,8 +44,13 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var cf clevisFlags
-	cf.timeout, cf.attempts = 5*time.Second, 3
+	cf := clevisFlags{timeout: 5 * time.Second, attempts: 3, caFile: cfg.TangCAFile}
+	if cfg.TangTimeout > 0 {
+		cf.timeout = cfg.TangTimeout
+	}
+	if cfg.TangAttempts > 0 {
+		cf.attempts = cfg.TangAttempts
+	}
 	cp, err := cf.protector(e, cfg.TPMDevice)
 	if err != nil {
 		return err
