@@ -53,6 +53,9 @@ type VolumeStatus struct {
 	Token string `json:"token,omitempty"`
 	// Seconds is how long the unlock took, from daemon start.
 	Seconds float64 `json:"seconds,omitempty"`
+	// Started is when the daemon began unlocking the volume (its device found), in
+	// seconds from daemon start; with Seconds it bounds the volume's unlock.
+	Started float64 `json:"started,omitempty"`
 	// KeyslotStart and KeyslotEnd bound the keyslot attempt (the KDF) that opened
 	// the volume, in seconds from daemon start: volumes unlock in parallel when
 	// these intervals overlap.
@@ -209,7 +212,8 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 		fail(StateFailed, fmt.Errorf("device %s did not appear within %s: %w", vc.Device, d.Config.DeviceTimeout, err))
 		return
 	}
-	d.set(vc.Name, func(s *VolumeStatus) { s.Path, s.State, s.Reason = path, StateUnlocking, "" })
+	started := time.Since(d.start).Seconds()
+	d.set(vc.Name, func(s *VolumeStatus) { s.Path, s.State, s.Reason, s.Started = path, StateUnlocking, "", started })
 	// One descriptor for everything: the header is read from it, and the mapping names
 	// its device number, so a path that changes meanwhile cannot swap the device.
 	dev, err := blockdev.Open(path, blockdev.OpenOptions{})

@@ -134,8 +134,9 @@ func TestInterop(t *testing.T) {
 // manyDisks is the number of data disks TestManyDisks unlocks at once.
 const manyDisks = 8
 
-// TestManyDisks: eight TPM-enrolled data disks unlock in one boot, in parallel; the
-// test reports the time from starting diskcryptd to the last mapping.
+// TestManyDisks: eight TPM-enrolled data disks unlock in one boot, concurrently (each
+// volume's unlock interval overlaps another's); the test reports the time from starting
+// diskcryptd to the last mapping.
 func TestManyDisks(t *testing.T) {
 	e := setup(t)
 	need(t, e, "diskcryptd")
@@ -165,30 +166,28 @@ func TestManyDisks(t *testing.T) {
 		Step{Name: "status", Script: "diskcryptd status"},
 	)
 	r := ok(t, b2, "unlock-all")
-	// Lines look like "vol3: unlocked (token 0:systemd-tpm2, 1.23s)".
-	var secs []float64
-	for _, line := range strings.Split(string(r.Stdout), "\n") {
-		name, rest, found := strings.Cut(line, ": ")
-		if !found || !strings.HasPrefix(name, "vol") {
-			continue
-		}
-		if !strings.HasPrefix(rest, "unlocked (token ") || !strings.HasSuffix(rest, "s)") {
-			t.Fatalf("volume %s not unlocked: %s", name, line)
-		}
-		v, err := strconv.ParseFloat(rest[strings.LastIndex(rest, " ")+1:len(rest)-2], 64)
-		if err != nil {
-			t.Fatalf("cannot read the unlock time in %q: %v", line, err)
-		}
-		secs = append(secs, v)
+	iv, err := parseUnlockLines(string(r.Stdout), "vol")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(secs) != manyDisks {
-		t.Fatalf("%d of %d volumes reported unlocked: %s", len(secs), manyDisks, r)
+	if len(iv) != manyDisks {
+		t.Fatalf("%d of %d volumes reported unlocked: %s", len(iv), manyDisks, r)
 	}
 	ok(t, b2, "mapped")
+	// The claim "in parallel" is checked, not timed: every volume's unlock overlaps
+	// another's. TPM unseals are serialized (one TPM); keyslots and mappings are not.
+	if err := checkConcurrent(iv); err != nil {
+		t.Error(err)
+	}
+	var secs []float64
+	for _, v := range iv {
+		secs = append(secs, v.mapped)
+		t.Logf("%s: started %.3fs, keyslot %.3fs-%.3fs, mapped %.3fs", v.name, v.started, v.ksStart, v.ksEnd, v.mapped)
+	}
 	sort.Float64s(secs)
 	first := time.Duration(secs[0] * float64(time.Second))
 	last := time.Duration(secs[len(secs)-1] * float64(time.Second))
-	msg := fmt.Sprintf("%d disks unlocked through the TPM by one diskcryptd serve --once, in parallel: first mapping %s after diskcryptd started, last %s (%s, %d vCPUs)",
+	msg := fmt.Sprintf("%d disks unlocked through the TPM by one diskcryptd serve --once, concurrently (unlock intervals overlap; TPM unseals serialized): first mapping %s after diskcryptd started, last %s (%s, %d vCPUs)",
 		manyDisks, first.Round(10*time.Millisecond), last.Round(10*time.Millisecond), e.Accel, m.CPUs)
 	t.Log(msg)
 	fmt.Println("vmtests:", msg)

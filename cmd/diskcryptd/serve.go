@@ -90,7 +90,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 				line += ": " + s.Reason
 			}
 			if s.State == daemon.StateUnlocked {
-				line += fmt.Sprintf(" (token %s, keyslot %.2fs-%.2fs, %.2fs)", s.Token, s.KeyslotStart, s.KeyslotEnd, s.Seconds)
+				line += fmt.Sprintf(" (token %s, started %.3fs, keyslot %.3fs-%.3fs, %.3fs)", s.Token, s.Started, s.KeyslotStart, s.KeyslotEnd, s.Seconds)
 			}
 			if s.Reseal != "" {
 				line += "; " + s.Reseal
