@@ -96,6 +96,10 @@ type Daemon struct {
 	// SocketGroup is the group that may read the status socket, if it exists
 	// ("diskcryptd" when empty).
 	SocketGroup string
+	// Uevents, when set, keeps Run (without once) watching the kernel's block device
+	// events after the boot pass: a configured volume whose device appears later is
+	// unlocked, and a removed device or mapping updates the status (see hotplug.go).
+	Uevents UeventSource
 	// Notifier talks to systemd; nil means no notifications.
 	Notifier *systemd.Notifier
 	// Logger receives one line per event; never a secret.
@@ -118,6 +122,13 @@ type Daemon struct {
 	unseal sync.Mutex
 	// afterHeader, when set (tests), runs after a volume's header was read.
 	afterHeader func(VolumeConfig)
+	// hotplug is set while Run watches uevents: a missing device leaves its volume
+	// waiting instead of failed.
+	hotplug bool
+	// busy names the volumes with an unlock in flight; devs and dmDevs are the device
+	// numbers of each volume's disk and mapping (all under mu).
+	busy         map[string]bool
+	devs, dmDevs map[string]uint64
 }
 
 // ConcurrentProtector is implemented by protectors whose Unseal may run for several
@@ -163,7 +174,9 @@ func (d *Daemon) log() hclog.Logger {
 func (d *Daemon) set(name string, f func(*VolumeStatus)) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	f(d.state[name])
+	if s := d.state[name]; s != nil { // nil: removed by Reload meanwhile
+		f(s)
+	}
 }
 
 // Status returns a snapshot of every volume's state, by name.
@@ -183,33 +196,82 @@ func (d *Daemon) UnlockAll(ctx context.Context) []VolumeStatus {
 	d.mu.Lock()
 	d.start = time.Now()
 	d.state = map[string]*VolumeStatus{}
+	d.busy, d.devs, d.dmDevs = map[string]bool{}, map[string]uint64{}, map[string]uint64{}
 	for _, vc := range d.Config.Volumes {
 		d.state[vc.Name] = &VolumeStatus{Name: vc.Name, Device: vc.Device, State: StateWaiting}
 	}
+	vols, wait := d.Config.Volumes, d.Config.DeviceTimeout
 	d.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, vc := range d.Config.Volumes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d.unlockOne(ctx, vc)
-		}()
+	for _, vc := range vols {
+		d.trigger(ctx, vc, wait, &wg)
 	}
 	wg.Wait()
 	return d.Status()
 }
 
-func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
+// trigger starts unlocking vc, waiting up to wait for its device, unless an unlock of
+// that volume is already in flight. wg, if set, is done when it ends.
+func (d *Daemon) trigger(ctx context.Context, vc VolumeConfig, wait time.Duration, wg *sync.WaitGroup) {
+	d.mu.Lock()
+	if d.busy[vc.Name] {
+		d.mu.Unlock()
+		return
+	}
+	d.busy[vc.Name] = true
+	d.mu.Unlock()
+	if wg != nil {
+		wg.Add(1)
+	}
+	go func() {
+		defer func() {
+			d.mu.Lock()
+			delete(d.busy, vc.Name)
+			d.mu.Unlock()
+			if wg != nil {
+				wg.Done()
+			}
+		}()
+		d.unlockOne(ctx, vc, wait)
+		d.statusChanged()
+	}()
+}
+
+// config returns the current configuration (Reload replaces it).
+func (d *Daemon) config() *Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.Config
+}
+
+func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig, wait time.Duration) {
 	log := d.log().With("volume", vc.Name)
+	cfg := d.config()
 	fail := func(st State, err error) {
 		log.Error("volume not unlocked", "state", st, "error", err)
 		d.set(vc.Name, func(s *VolumeStatus) { s.State, s.Reason = st, err.Error() })
 	}
-	wctx, cancel := context.WithTimeout(ctx, d.Config.DeviceTimeout)
-	path, err := d.finder().Wait(wctx, vc.Device)
-	cancel()
+	var path string
+	var err error
+	if wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		path, err = d.finder().Wait(wctx, vc.Device)
+		cancel()
+	} else {
+		path, err = d.finder().Find(vc.Device)
+	}
 	if err != nil {
-		fail(StateFailed, fmt.Errorf("device %s did not appear within %s: %w", vc.Device, d.Config.DeviceTimeout, err))
+		d.mu.Lock()
+		hotplug := d.hotplug
+		d.mu.Unlock()
+		if hotplug {
+			log.Info("device not present; waiting for it", "device", vc.Device)
+			d.set(vc.Name, func(s *VolumeStatus) {
+				s.State, s.Reason = StateWaiting, fmt.Sprintf("device %s not present; it is unlocked when it appears", vc.Device)
+			})
+			return
+		}
+		fail(StateFailed, fmt.Errorf("device %s did not appear within %s: %w", vc.Device, wait, err))
 		return
 	}
 	started := time.Since(d.start).Seconds()
@@ -244,6 +306,9 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 			return
 		}
 	}
+	d.mu.Lock()
+	d.devs[vc.Name] = dev.DevNum()
+	d.mu.Unlock()
 	if active, err := d.checkExisting(ctx, vc.Name, uuid, dev); err != nil {
 		fail(StateFailed, err)
 		return
@@ -252,7 +317,7 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 		d.set(vc.Name, func(s *VolumeStatus) { s.State = StateActive })
 		return
 	}
-	timeout := d.Config.TokenTimeout
+	timeout := cfg.TokenTimeout
 	if vc.TokenTimeout > 0 {
 		timeout = vc.TokenTimeout
 	}
@@ -280,10 +345,14 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig) {
 	vk := rec.vk
 	defer vk.Wipe()
 	defer d.resealAfter(ctx, vc, path, rec) // after the mapping, before the wipe
-	if _, err := MapDevice(ctx, v, vk, dev, vc.Name, MapOptions{ReadOnly: vc.ReadOnly, Flags: vc.Flags, DM: d.dm()}, log); err != nil {
+	m, err := MapDevice(ctx, v, vk, dev, vc.Name, MapOptions{ReadOnly: vc.ReadOnly, Flags: vc.Flags, DM: d.dm()}, log)
+	if err != nil {
 		fail(StateFailed, err)
 		return
 	}
+	d.mu.Lock()
+	d.dmDevs[vc.Name] = m.Dev
+	d.mu.Unlock()
 	if vc.MeasurePCR >= 0 && d.Measure != nil {
 		key := vk.Bytes()
 		d.unseal.Lock()
@@ -359,6 +428,11 @@ func (d *Daemon) Run(ctx context.Context, once bool) error {
 		defer l.Close()
 		defer srv.Close()
 	}
+	if !once && d.Uevents != nil {
+		d.mu.Lock()
+		d.hotplug = true
+		d.mu.Unlock()
+	}
 	st := d.UnlockAll(ctx)
 	sum := Summary(st)
 	d.log().Info("unlock pass done", "status", sum)
@@ -377,6 +451,9 @@ func (d *Daemon) Run(ctx context.Context, once bool) error {
 	}
 	if d.Notifier != nil {
 		go d.Notifier.Watchdog(ctx)
+	}
+	if d.Uevents != nil {
+		go d.watch(ctx)
 	}
 	<-ctx.Done()
 	if d.Notifier != nil {

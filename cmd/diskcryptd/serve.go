@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/diskcryptd/diskcryptd/audit"
@@ -81,6 +83,19 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		Audit:    al,
 		Reseal:   resealer(e, cfg.TPMDevice, al),
 	}
+	if !*once {
+		// Hot-plug: kernel uevents (netlink, no udev) and SIGHUP reloads.
+		if src, err := daemon.OpenNetlinkUevents(); err != nil {
+			e.log.Warn("hot-plug disabled: cannot listen to kernel uevents", "error", err)
+		} else {
+			defer src.Close()
+			d.Uevents = src
+		}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go reloadOnHUP(ctx, e, d, *cfgPath, hup)
+	}
 	err = d.Run(ctx, *once)
 	st := d.Status()
 	if *once {
@@ -99,6 +114,30 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	return err
+}
+
+// reloadOnHUP re-reads the configuration file on each SIGHUP and hands it to the
+// daemon; a file that does not parse is logged and the running configuration kept.
+func reloadOnHUP(ctx context.Context, e *env, d *daemon.Daemon, path string, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		fh, err := os.Open(path)
+		if err != nil {
+			e.log.Error("reload: keeping the running configuration", "error", err)
+			continue
+		}
+		cfg, err := daemon.ParseConfig(fh)
+		fh.Close()
+		if err != nil {
+			e.log.Error("reload: keeping the running configuration", "error", err)
+			continue
+		}
+		d.Reload(ctx, cfg)
+	}
 }
 
 // tpmPresent reports whether the TPM device exists: a swtpm socket or a TPM character
