@@ -59,10 +59,11 @@ func (p Policy) bank() tpm2.TPMIAlgHash {
 	return p.Bank
 }
 
-// run executes the policy commands in session h. In a real (not trial) session
-// PolicyAuthValue is run by the caller through policySession.policyAuthValue, so
-// the session knows to include the authValue in its HMAC.
-func (p Policy) run(t transport.TPM, h tpm2.TPMHandle, authValue bool) error {
+// run executes PolicyPCR, and in a trial session PolicyAuthValue, in session h. In
+// a real session the caller runs PolicyAuthValue through
+// policySession.policyAuthValue, so the session knows to include the authValue in
+// its HMAC; PolicyAuthorize of a signed policy comes before run, from the caller.
+func (p Policy) run(t transport.TPM, h tpm2.TPMHandle, trial bool) error {
 	if len(p.PCRs) > 0 {
 		sel, err := pcrSelection(p.bank(), p.PCRs)
 		if err != nil {
@@ -72,7 +73,7 @@ func (p Policy) run(t transport.TPM, h tpm2.TPMHandle, authValue bool) error {
 			return classify("policy pcr", err)
 		}
 	}
-	if p.PIN && authValue {
+	if p.PIN && trial {
 		if _, err := (tpm2.PolicyAuthValue{PolicySession: h}).Execute(t); err != nil {
 			return classify("policy auth value", err)
 		}
