@@ -82,6 +82,21 @@ func systemdEnroll(t *testing.T, spec, img, key, pin string, args ...string) ([]
 	return exportToken(t, img, 0)
 }
 
+// enrollImported enrols with cfg and imports the enrolment into img as
+// importEnrollment does; it returns the protector and the token JSON.
+func enrollImported(t *testing.T, cfg Config, img, key string) (*Protector, []byte) {
+	t.Helper()
+	p, err := NewProtector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := p.Enroll(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, importEnrollment(t, img, key, e)
+}
+
 // importEnrollment adds e's passphrase as keyslot 1 of img (unlocked by key) and e's
 // token as token 0, as systemd-cryptenroll would, and returns the token JSON.
 func importEnrollment(t *testing.T, img, key string, e *unlock.Enrollment) []byte {
@@ -156,16 +171,8 @@ func TestInteropWeEnrollSystemdUnseals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tpmtest.StartSwtpm(t)
 			img, key := image(t)
-			p, err := NewProtector(Config{Device: spec, PCRs: []int{7}, EnrollWithPIN: tc.pin != "",
-				PIN: func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }})
-			if err != nil {
-				t.Fatal(err)
-			}
-			e, err := p.Enroll(testCtx(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			tokJSON := importEnrollment(t, img, key, e)
+			_, tokJSON := enrollImported(t, Config{Device: spec, PCRs: []int{7}, EnrollWithPIN: tc.pin != "",
+				PIN: func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }}, img, key)
 			// Prove the token opens the keyslot without diskcryptd: tpm2-tools unseals
 			// it as systemd would, and the passphrase systemd derives opens slot 1.
 			pass, err := tpmtest.UnsealWithTools(t, spec, tokJSON, tc.pin)

@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -50,6 +51,22 @@ func (r *busRecorder) sawBytes(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// sniffedTPM starts a swtpm whose dictionary-attack lockout allows many wrong PINs,
+// records its bus, and creates a primary key (flushed at cleanup) through it.
+func sniffedTPM(t *testing.T) (context.Context, *busRecorder, *Key) {
+	t.Helper()
+	_, raw := openSwtpm(t)
+	setMaxTries(t, raw, 1000)
+	ctx := testCtx(t)
+	bus := &busRecorder{t: raw}
+	parent, err := CreatePrimary(ctx, bus, PrimaryECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = parent.Close(bus) })
+	return ctx, bus, parent
 }
 
 // tpmCCPolicyPassword is TPM2_PolicyPassword (Part 2, 6.5.2).
@@ -115,15 +132,7 @@ func TestSessionAttrs(t *testing.T) {
 // authValue ever crossed it. The code this replaced presented such authValues as a
 // cleartext password and fails here.
 func TestPINNeverInClear(t *testing.T) {
-	_, raw := openSwtpm(t)
-	setMaxTries(t, raw, 1000)
-	ctx := testCtx(t)
-	bus := &busRecorder{t: raw}
-	parent, err := CreatePrimary(ctx, bus, PrimaryECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer parent.Close(bus)
+	ctx, bus, parent := sniffedTPM(t)
 	pins := append([]string{"1234", "correct horse"}, innerZeroPINs...)
 	for _, pin := range pins {
 		t.Run(pin, func(t *testing.T) {
@@ -205,15 +214,7 @@ func TestGoTPMTruncatesInnerZeroAuth(t *testing.T) {
 // session is this package's own, so inner zero bytes work and the authValue never
 // crosses the bus.
 func TestUnsealUserWithAuth(t *testing.T) {
-	_, raw := openSwtpm(t)
-	setMaxTries(t, raw, 1000)
-	ctx := testCtx(t)
-	bus := &busRecorder{t: raw}
-	parent, err := CreatePrimary(ctx, bus, PrimaryECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer parent.Close(bus)
+	ctx, bus, parent := sniffedTPM(t)
 	for _, pin := range append([]string{"", "1234"}, innerZeroPINs...) {
 		t.Run("pin "+pin, func(t *testing.T) {
 			var auth []byte

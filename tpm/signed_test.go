@@ -44,10 +44,8 @@ func TestSignedPolicySystemdEnrollsWeUnseal(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tpmtest.StartSwtpm(t)
 			keys := t.TempDir()
-			priv, pub := tpmtest.SigningKey(t, keys)
-			booted, other := tpmtest.NewUKI(t, "6.1.0-a"), tpmtest.NewUKI(t, "6.1.0-b")
-			booted.Boot(t, spec)
-			goodSig, otherSig := booted.Sign(t, spec, priv, pub), other.Sign(t, spec, priv, pub)
+			sb := tpmtest.BootSigned(t, spec, keys)
+			pub, goodSig, otherSig := sb.PublicKey, sb.Signature, sb.OtherSignature
 
 			img, key := image(t)
 			tokJSON, slot := systemdEnroll(t, spec, img, key, tc.pin, "--tpm2-public-key="+pub,
@@ -182,15 +180,8 @@ func TestSignedPolicyWeEnrollOthersUnseal(t *testing.T) {
 
 			img, key := image(t)
 			pinFn := func(context.Context, string) ([]byte, error) { return []byte(tc.pin), nil }
-			p, err := NewProtector(Config{Device: sw.Spec, PCRs: tc.pcrs, PublicKey: pubPEM, EnrollWithPIN: tc.pin != "", PIN: pinFn, Signature: sig1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			e, err := p.Enroll(testCtx(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			tokJSON := importEnrollment(t, img, key, e)
+			p, tokJSON := enrollImported(t, Config{Device: sw.Spec, PCRs: tc.pcrs, PublicKey: pubPEM,
+				EnrollWithPIN: tc.pin != "", PIN: pinFn, Signature: sig1}, img, key)
 
 			// Independent unseal with tpm2-tools; the keyslot takes systemd's passphrase.
 			pass, err := tpmtest.UnsealSignedWithTools(t, sw.Spec, tokJSON, tc.pin, sig1JSON)

@@ -18,10 +18,8 @@ func TestTPM2SignedPolicyCLI(t *testing.T) {
 	testpeer.Require(t, "cryptsetup", "systemd-cryptenroll", tpmtest.SystemdMeasure)
 	spec := tpmtest.StartSwtpm(t)
 	dir := t.TempDir()
-	priv, pub := tpmtest.SigningKey(t, dir)
-	booted, other := tpmtest.NewUKI(t, "6.1.0-booted"), tpmtest.NewUKI(t, "6.1.0-other")
-	booted.Boot(t, spec)
-	good, bad := booted.Sign(t, spec, priv, pub), other.Sign(t, spec, priv, pub)
+	sb := tpmtest.BootSigned(t, spec, dir)
+	pub, good, bad := sb.PublicKey, sb.Signature, sb.OtherSignature
 
 	img := newImage(t, dir, 40)
 	key := writeSecret(t, dir, "key", "pw")

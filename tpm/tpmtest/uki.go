@@ -104,3 +104,22 @@ func (u UKI) Sign(t testing.TB, spec, priv, pub string) string {
 	}
 	return path
 }
+
+// SignedBoot is a machine booted into a UKI whose PCR 11 value is signed.
+type SignedBoot struct {
+	// PublicKey is the PEM public key of the signing key.
+	PublicKey string
+	// Signature is the booted UKI's signature JSON; OtherSignature is that of
+	// another UKI, by the same key.
+	Signature, OtherSignature string
+}
+
+// BootSigned makes a signing key in dir, boots the TPM at spec into a UKI (PCR 11)
+// and signs that UKI and another one with systemd-measure.
+func BootSigned(t testing.TB, spec, dir string) SignedBoot {
+	t.Helper()
+	priv, pub := SigningKey(t, dir)
+	booted, other := NewUKI(t, "6.1.0-booted"), NewUKI(t, "6.1.0-other")
+	booted.Boot(t, spec)
+	return SignedBoot{PublicKey: pub, Signature: booted.Sign(t, spec, priv, pub), OtherSignature: other.Sign(t, spec, priv, pub)}
+}
