@@ -122,6 +122,12 @@ func TestSSSTPM2AndTang(t *testing.T) {
 	if err := ourOpen(t, ctx, img3, p); err != nil {
 		t.Fatalf("clevis's tpm2: %v", err)
 	}
+	// A tpm2-only token of ours, opened by clevis.
+	img4, key4 := newVolume(t)
+	slot4 := enroll(t, img4, key4, pins, "tpm2", `{"pcr_ids":"7"}`)
+	clevisOpens(t, env, img4, slot4)
+	flushTPM(t, env)
+
 	srv.Stop()
 	if err := ourOpen(t, ctx, img, p); err == nil || !strings.Contains(err.Error(), srv.URL) {
 		t.Fatalf("tang down: %v", err)
