@@ -51,19 +51,11 @@ func (d *TPMDevice) Seal(ctx context.Context, secret []byte, pcrIDs, bank string
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	t, err := d.open(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer t.Close()
-	parent, err := tpm.CreatePrimary(ctx, t, tpm.PrimaryECC)
-	if err != nil {
-		return nil, err
-	}
-	defer parent.Close(t)
-	s, err := tpm.Seal(ctx, t, parent, secret, tpm.Policy{PCRs: pcrs, Bank: alg}, nil)
+	var s *tpm.Sealed
+	err = d.withPrimary(ctx, tpm.PrimaryECC, func(t transport.TPM, parent *tpm.Key) (err error) {
+		s, err = tpm.Seal(ctx, t, parent, secret, tpm.Policy{PCRs: pcrs, Bank: alg}, nil)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -99,17 +91,28 @@ func (d *TPMDevice) Unseal(ctx context.Context, h *tpm.ClevisTPM2) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
+	var secret []byte
+	err = d.withPrimary(ctx, alg, func(t transport.TPM, parent *tpm.Key) (err error) {
+		secret, err = tpm.Unseal(ctx, t, parent, sealed, nil)
+		return err
+	})
+	return secret, err
+}
+
+// withPrimary runs f with the TPM opened and clevis's primary key of alg loaded,
+// holding the device for itself.
+func (d *TPMDevice) withPrimary(ctx context.Context, alg tpm.PrimaryAlg, f func(transport.TPM, *tpm.Key) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	t, err := d.open(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer t.Close()
 	parent, err := tpm.CreatePrimary(ctx, t, alg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer parent.Close(t)
-	return tpm.Unseal(ctx, t, parent, sealed, nil)
+	return f(t, parent)
 }

@@ -170,8 +170,7 @@ func clevisSummary(raw json.RawMessage) string {
 // cmdTokenRegen re-binds a volume's clevis tokens after its Tang servers rotated
 // their keys (tangd-rotate-keys), trusting a new advertisement only if a key the
 // token already trusts, or --tang-thumbprint, signed it. The keyslot and its
-// passphrase stay; the new token is added before the old one is removed, so a crash
-// leaves at least one working token.
+// passphrase stay; the token is replaced in one metadata commit.
 func cmdTokenRegen(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "token regen", "[--tang-thumbprint THP] [--token-id N] [--tpm2-device DEV] DEVICE")
 	id := f.Int("token-id", luks2.AnyToken, "only this token (default: every clevis token with a tang pin)")
@@ -226,17 +225,14 @@ func cmdTokenRegen(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		nid, err := v.AddToken(nb, luks2.AnyToken)
-		if err == nil {
-			err = v.RemoveToken(t.ID)
-		}
+		err = v.ReplaceToken(t.ID, nb)
 		rec := volumeRecord(audit.KindEnroll, pos[0], v)
-		rec.Protector, rec.Keyslots, rec.Token = "clevis-regen", tok.Keyslots, audit.TokenID(nid)
+		rec.Protector, rec.Keyslots, rec.Token, rec.TokenType = "clevis-regen", tok.Keyslots, audit.TokenID(t.ID), t.Type
 		auditEvent(ctx, e, rec, err)
 		if err != nil {
-			return err
+			return fmt.Errorf("token %d: %w", t.ID, err)
 		}
-		fmt.Fprintf(e.stdout, "token %d re-bound as token %d: %s\n", t.ID, nid, clevis.Describe(tok.JWE))
+		fmt.Fprintf(e.stdout, "token %d re-bound: %s\n", t.ID, clevis.Describe(tok.JWE))
 		done++
 	}
 	if done == 0 {
