@@ -42,7 +42,8 @@ type TPM2 interface {
 // Pins decrypts and encrypts clevis JWEs. Its zero value decrypts nothing that needs
 // a server or a TPM; set the fields it needs.
 type Pins struct {
-	// Tang talks to Tang servers (nil: a Client with its defaults).
+	// Tang talks to Tang servers (nil: a Client with its defaults per request, with
+	// no connection reuse).
 	Tang *tang.Client
 	// TPM2 serves tpm2 pins (nil: tpm2 pins fail with ErrNoTPM).
 	TPM2 TPM2
@@ -64,9 +65,11 @@ func (p *Pins) log() hclog.Logger {
 	return p.Logger
 }
 
+// tang returns the Tang client; without one, a default client for this call (Pins
+// is not modified: its methods run concurrently for the shares of an sss pin).
 func (p *Pins) tang() *tang.Client {
 	if p.Tang == nil {
-		p.Tang = &tang.Client{}
+		return &tang.Client{}
 	}
 	return p.Tang
 }

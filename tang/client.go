@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -61,6 +62,7 @@ type Client struct {
 	// Logger gets one line per failed attempt; nil discards.
 	Logger hclog.Logger
 
+	httpOnce    sync.Once
 	defaultHTTP *http.Client
 }
 
@@ -89,9 +91,7 @@ func (c *Client) http() *http.Client {
 	if c.HTTP != nil {
 		return c.HTTP
 	}
-	if c.defaultHTTP == nil {
-		c.defaultHTTP, _ = NewHTTPClient("")
-	}
+	c.httpOnce.Do(func() { c.defaultHTTP, _ = NewHTTPClient("") })
 	return c.defaultHTTP
 }
 
