@@ -2,9 +2,9 @@ package xts
 
 import "encoding/binary"
 
-// This file holds the AES key schedule (FIPS-197 section 5.2) and the table-driven
-// block functions of the generic implementation. Round keys live in arrays owned by
-// the Cipher so that Close can zero them; crypto/aes keeps its schedule out of reach.
+// This file holds the AES key schedule (FIPS-197 section 5.2) the assembly uses. Round
+// keys live in arrays owned by the Cipher so that Close can zero them; crypto/aes
+// keeps its schedule out of reach. The generic implementation uses crypto/aes.
 
 // maxRounds is the number of rounds of AES-256.
 const maxRounds = 14
@@ -15,7 +15,6 @@ type roundKeys [16 * (maxRounds + 1)]byte
 
 var (
 	sbox, invSbox  [256]byte
-	te             [4][256]uint32
 	td             [4][256]uint32
 	tablesComputed = computeTables()
 )
@@ -61,14 +60,10 @@ func computeTables() bool {
 		invSbox[sbox[i]] = byte(i)
 	}
 	for i := range 256 {
-		s := sbox[i]
-		w := uint32(gmul(s, 2))<<24 | uint32(s)<<16 | uint32(s)<<8 | uint32(gmul(s, 3))
 		si := invSbox[i]
 		v := uint32(gmul(si, 14))<<24 | uint32(gmul(si, 9))<<16 | uint32(gmul(si, 13))<<8 | uint32(gmul(si, 11))
 		for j := range 4 {
-			te[j][i] = w
 			td[j][i] = v
-			w = w>>8 | w<<24
 			v = v>>8 | v<<24
 		}
 	}
@@ -123,55 +118,4 @@ func expandKey(enc, dec *roundKeys, key []byte) int {
 	}
 	clear(w[:])
 	return nr
-}
-
-// encryptBlockGeneric encrypts one block in place with round keys rk of nr rounds.
-func encryptBlockGeneric(rk *roundKeys, nr int, b *[16]byte) {
-	be := binary.BigEndian
-	s0 := be.Uint32(b[0:]) ^ be.Uint32(rk[0:])
-	s1 := be.Uint32(b[4:]) ^ be.Uint32(rk[4:])
-	s2 := be.Uint32(b[8:]) ^ be.Uint32(rk[8:])
-	s3 := be.Uint32(b[12:]) ^ be.Uint32(rk[12:])
-	for r := 1; r < nr; r++ {
-		k := rk[16*r : 16*r+16]
-		t0 := te[0][s0>>24] ^ te[1][s1>>16&0xff] ^ te[2][s2>>8&0xff] ^ te[3][s3&0xff] ^ be.Uint32(k[0:])
-		t1 := te[0][s1>>24] ^ te[1][s2>>16&0xff] ^ te[2][s3>>8&0xff] ^ te[3][s0&0xff] ^ be.Uint32(k[4:])
-		t2 := te[0][s2>>24] ^ te[1][s3>>16&0xff] ^ te[2][s0>>8&0xff] ^ te[3][s1&0xff] ^ be.Uint32(k[8:])
-		t3 := te[0][s3>>24] ^ te[1][s0>>16&0xff] ^ te[2][s1>>8&0xff] ^ te[3][s2&0xff] ^ be.Uint32(k[12:])
-		s0, s1, s2, s3 = t0, t1, t2, t3
-	}
-	k := rk[16*nr : 16*nr+16]
-	sb := func(a, b, c, d uint32) uint32 {
-		return uint32(sbox[a>>24])<<24 | uint32(sbox[b>>16&0xff])<<16 | uint32(sbox[c>>8&0xff])<<8 | uint32(sbox[d&0xff])
-	}
-	be.PutUint32(b[0:], sb(s0, s1, s2, s3)^be.Uint32(k[0:]))
-	be.PutUint32(b[4:], sb(s1, s2, s3, s0)^be.Uint32(k[4:]))
-	be.PutUint32(b[8:], sb(s2, s3, s0, s1)^be.Uint32(k[8:]))
-	be.PutUint32(b[12:], sb(s3, s0, s1, s2)^be.Uint32(k[12:]))
-}
-
-// decryptBlockGeneric decrypts one block in place with decryption round keys dk (as
-// expandKey makes them) of nr rounds.
-func decryptBlockGeneric(dk *roundKeys, nr int, b *[16]byte) {
-	be := binary.BigEndian
-	s0 := be.Uint32(b[0:]) ^ be.Uint32(dk[0:])
-	s1 := be.Uint32(b[4:]) ^ be.Uint32(dk[4:])
-	s2 := be.Uint32(b[8:]) ^ be.Uint32(dk[8:])
-	s3 := be.Uint32(b[12:]) ^ be.Uint32(dk[12:])
-	for r := 1; r < nr; r++ {
-		k := dk[16*r : 16*r+16]
-		t0 := td[0][s0>>24] ^ td[1][s3>>16&0xff] ^ td[2][s2>>8&0xff] ^ td[3][s1&0xff] ^ be.Uint32(k[0:])
-		t1 := td[0][s1>>24] ^ td[1][s0>>16&0xff] ^ td[2][s3>>8&0xff] ^ td[3][s2&0xff] ^ be.Uint32(k[4:])
-		t2 := td[0][s2>>24] ^ td[1][s1>>16&0xff] ^ td[2][s0>>8&0xff] ^ td[3][s3&0xff] ^ be.Uint32(k[8:])
-		t3 := td[0][s3>>24] ^ td[1][s2>>16&0xff] ^ td[2][s1>>8&0xff] ^ td[3][s0&0xff] ^ be.Uint32(k[12:])
-		s0, s1, s2, s3 = t0, t1, t2, t3
-	}
-	k := dk[16*nr : 16*nr+16]
-	isb := func(a, b, c, d uint32) uint32 {
-		return uint32(invSbox[a>>24])<<24 | uint32(invSbox[b>>16&0xff])<<16 | uint32(invSbox[c>>8&0xff])<<8 | uint32(invSbox[d&0xff])
-	}
-	be.PutUint32(b[0:], isb(s0, s3, s2, s1)^be.Uint32(k[0:]))
-	be.PutUint32(b[4:], isb(s1, s0, s3, s2)^be.Uint32(k[4:]))
-	be.PutUint32(b[8:], isb(s2, s1, s0, s3)^be.Uint32(k[8:]))
-	be.PutUint32(b[12:], isb(s3, s2, s1, s0)^be.Uint32(k[12:]))
 }

@@ -16,20 +16,35 @@
 // tweaks a register, multiplying by x^16 with VPCLMULQDQ; with AES-NI it keeps 8
 // blocks in flight. A YMM variant of the VAES path is kept and tested but not chosen:
 // on the Zen 4 class machines we run on, the ZMM path measures faster (see
-// BenchmarkEncrypt). Elsewhere, and under the purego build tag, a table-driven Go
-// implementation runs. The table-driven code is not constant-time; it is a fallback,
-// not a target.
+// BenchmarkEncrypt). Elsewhere (arm64 and other architectures, amd64 CPUs without
+// AES-NI, and the purego build tag) the generic implementation runs the XTS loop in
+// Go over the standard library's crypto/aes block cipher.
+//
+// # Constant time
+//
+// The amd64 assembly (VAES and AES-NI paths) is constant-time: AES rounds are CPU
+// instructions and the tweak arithmetic is branch-free. The generic path is
+// constant-time wherever crypto/aes is: with AES instructions (amd64 AES-NI, arm64
+// ARMv8 Cryptography Extensions, s390x, ppc64x) and not under the purego tag. Under
+// purego, on other architectures, and on CPUs without AES instructions, crypto/aes
+// falls back to table lookups whose timing depends on key and data through the
+// cache; a warning for such deployments, not a supported target. The key schedule
+// the assembly uses is expanded in Go with S-box table lookups, once per key in New.
 //
 // # Parallelism and keys
 //
 // EncryptSectors and DecryptSectors run on the calling goroutine;
 // EncryptSectorsParallel and DecryptSectorsParallel split large buffers over
-// GOMAXPROCS goroutines. The key schedule lives in the Cipher, not in crypto/aes, so
-// that Close can zero it; the assembly clears the registers and stack slots that held
-// round keys, tweaks or data before it returns.
+// GOMAXPROCS goroutines. For the assembly the key schedule lives in the Cipher, not in
+// crypto/aes, so that Close can zero it; the assembly clears the registers and stack
+// slots that held round keys, tweaks or data before it returns. The generic path's
+// schedule lives inside crypto/aes, which offers no way to wipe it: Close drops it
+// and the garbage collector frees it; the generic loop clears its own tweak and
+// block buffers.
 package xts
 
 import (
+	"crypto/cipher"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,9 +57,12 @@ var ErrKeySize = errors.New("xts: key must be 32 bytes (AES-128-XTS) or 64 bytes
 
 // schedule is the expanded key of both halves of an XTS key.
 type schedule struct {
-	enc1, dec1 roundKeys // data key, encryption and decryption order
-	enc2       roundKeys // tweak key, encryption only
+	enc1, dec1 roundKeys // data key, encryption and decryption order (assembly)
+	enc2       roundKeys // tweak key, encryption only (assembly)
 	rounds     int       // 10 or 14
+	// data and tweak are the crypto/aes ciphers of the two key halves, set only for
+	// the generic implementation.
+	data, tweak cipher.Block
 }
 
 // sectorFunc en- or decrypts len(src)/sectorSize whole sectors, the first numbered
@@ -79,6 +97,13 @@ func newWith(key []byte, impl *implementation) (*Cipher, error) {
 		return nil, fmt.Errorf("%w: got %d bytes", ErrKeySize, len(key))
 	}
 	c := &Cipher{impl: impl}
+	if impl == generic {
+		var err error
+		if c.ks.data, c.ks.tweak, err = genericBlocks(key); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	half := len(key) / 2
 	c.ks.rounds = expandKey(&c.ks.enc1, &c.ks.dec1, key[:half])
 	expandKey(&c.ks.enc2, nil, key[half:])
@@ -179,6 +204,7 @@ func (c *Cipher) Close() {
 	clear(c.ks.enc1[:])
 	clear(c.ks.dec1[:])
 	clear(c.ks.enc2[:])
+	c.ks.data, c.ks.tweak = nil, nil
 	c.closed = true
 }
 

@@ -1,13 +1,35 @@
 package xts
 
-import "encoding/binary"
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
+)
 
-// generic is the portable implementation, used where no assembly applies.
+// generic is the portable implementation, used where no assembly of ours applies
+// (other architectures, the purego build tag, amd64 CPUs without AES-NI). Its block
+// cipher is the standard library's crypto/aes, which uses the platform's AES
+// instructions where it has them (AES-NI on amd64, the ARMv8 Cryptography Extensions
+// on arm64, CPACF on s390x, POWER8 on ppc64x) and is then constant-time.
 var generic = &implementation{
 	name:      "generic",
 	available: true,
 	encrypt:   encryptGeneric,
 	decrypt:   decryptGeneric,
+}
+
+// genericBlocks returns the crypto/aes ciphers of the data key and the tweak key.
+// crypto/aes keeps its expanded key out of our reach: it cannot be wiped, only
+// dropped (Close), and is collected with the Block.
+func genericBlocks(key []byte) (data, tweak cipher.Block, err error) {
+	half := len(key) / 2
+	if data, err = aes.NewCipher(key[:half]); err != nil {
+		return nil, nil, err
+	}
+	if tweak, err = aes.NewCipher(key[half:]); err != nil {
+		return nil, nil, err
+	}
+	return data, tweak, nil
 }
 
 func encryptGeneric(ks *schedule, dst, src []byte, sectorSize int, sector uint64) {
@@ -20,19 +42,19 @@ func decryptGeneric(ks *schedule, dst, src []byte, sectorSize int, sector uint64
 
 func sectorsGeneric(ks *schedule, dst, src []byte, sectorSize int, sector uint64, encrypt bool) {
 	le := binary.LittleEndian
+	var t, b [16]byte
 	for off := 0; off < len(src); off += sectorSize {
-		var t [16]byte
+		clear(t[:])
 		le.PutUint64(t[:], sector)
-		encryptBlockGeneric(&ks.enc2, ks.rounds, &t)
+		ks.tweak.Encrypt(t[:], t[:])
 		lo, hi := le.Uint64(t[0:]), le.Uint64(t[8:])
-		var b [16]byte
 		for i := off; i < off+sectorSize; i += 16 {
 			le.PutUint64(b[0:], le.Uint64(src[i:])^lo)
 			le.PutUint64(b[8:], le.Uint64(src[i+8:])^hi)
 			if encrypt {
-				encryptBlockGeneric(&ks.enc1, ks.rounds, &b)
+				ks.data.Encrypt(b[:], b[:])
 			} else {
-				decryptBlockGeneric(&ks.dec1, ks.rounds, &b)
+				ks.data.Decrypt(b[:], b[:])
 			}
 			le.PutUint64(dst[i:], le.Uint64(b[0:])^lo)
 			le.PutUint64(dst[i+8:], le.Uint64(b[8:])^hi)
@@ -41,7 +63,8 @@ func sectorsGeneric(ks *schedule, dst, src []byte, sectorSize int, sector uint64
 			hi = hi<<1 | lo>>63
 			lo = lo<<1 ^ 0x87*carry
 		}
-		clear(b[:])
 		sector += uint64(sectorSize / 512)
 	}
+	clear(b[:])
+	clear(t[:])
 }

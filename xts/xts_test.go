@@ -3,6 +3,7 @@ package xts
 import (
 	"bytes"
 	"crypto/aes"
+	"crypto/cipher"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -35,31 +37,39 @@ func TestNewKeySize(t *testing.T) {
 	}
 }
 
-// TestGenericBlock checks the table-driven AES and the key schedule against crypto/aes.
-func TestGenericBlock(t *testing.T) {
-	r := rand.NewChaCha8([32]byte{1})
-	for _, n := range []int{16, 32} {
-		for range 200 {
-			key := randomBytes(r, n)
-			ref, err := aes.NewCipher(key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var enc, dec roundKeys
-			nr := expandKey(&enc, &dec, key)
-			var b, want [16]byte
-			r.Read(b[:])
-			ref.Encrypt(want[:], b[:])
-			in := b
-			encryptBlockGeneric(&enc, nr, &b)
-			if b != want {
-				t.Fatalf("AES-%d encrypt(%x) = %x, want %x", 8*n, in, b, want)
-			}
-			decryptBlockGeneric(&dec, nr, &b)
-			if b != in {
-				t.Fatalf("AES-%d decrypt does not invert encrypt", 8*n)
-			}
+// TestKeySchedule checks the round keys the assembly uses against FIPS-197
+// Appendix A (A.1: AES-128, A.3: AES-256): the last round key, and the decryption
+// schedule's first and last keys, which AESDEC takes unchanged.
+func TestKeySchedule(t *testing.T) {
+	for _, tc := range []struct{ key, last string }{
+		{"2b7e151628aed2a6abf7158809cf4f3c", "d014f9a8c9ee2589e13f0cc8b6630ca6"},
+		{"603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4", "fe4890d1e6188d0b046df344706c631e"},
+	} {
+		key := unhex(t, tc.key)
+		var enc, dec roundKeys
+		nr := expandKey(&enc, &dec, key)
+		if got := fmt.Sprintf("%x", enc[16*nr:16*nr+16]); got != tc.last {
+			t.Errorf("AES-%d last round key %s, want %s", 8*len(key), got, tc.last)
 		}
+		if !bytes.Equal(enc[:len(key)], key) || !bytes.Equal(dec[:16], enc[16*nr:16*nr+16]) || !bytes.Equal(dec[16*nr:16*nr+16], enc[:16]) {
+			t.Errorf("AES-%d schedule ends do not match", 8*len(key))
+		}
+	}
+}
+
+// TestGenericUsesCryptoAES: the generic implementation's block cipher is the
+// standard library's crypto/aes (hardware AES, constant-time, where the platform has
+// it), not a table-driven AES of ours; Close drops it.
+func TestGenericUsesCryptoAES(t *testing.T) {
+	c := mustNew(t, make([]byte, 64), generic)
+	for _, b := range []cipher.Block{c.ks.data, c.ks.tweak} {
+		if b == nil || reflect.TypeOf(b).String() != "*aes.Block" {
+			t.Fatalf("generic block cipher is %T, want crypto/aes", b)
+		}
+	}
+	c.Close()
+	if c.ks.data != nil || c.ks.tweak != nil {
+		t.Fatal("Close kept the crypto/aes ciphers")
 	}
 }
 
