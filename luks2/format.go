@@ -188,6 +188,12 @@ func Format(ctx context.Context, dev Device, size int64, passphrase []byte, opts
 
 	// Digest (§3.8).
 	dIter := o.digestIterations
+	if dIter == 0 && o.Keyslot.KDF.Iterations > 0 {
+		// The caller fixed the KDF cost (no benchmark): like `cryptsetup luksFormat
+		// --pbkdf-force-iterations`, which then writes a digest of the minimum 1000
+		// iterations instead of benchmarking one (the digest guards a random key).
+		dIter = MinPBKDF2Iterations
+	}
 	if dIter == 0 {
 		if dIter, err = digestIterations(ctx, "sha256"); err != nil {
 			return nil, nil, err
