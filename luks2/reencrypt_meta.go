@@ -709,12 +709,14 @@ func (v *Volume) ReadReencryptArea(b []byte) error {
 	return readFull(v.dev, b, int64(r.Keyslot.AreaOffset))
 }
 
-// FinishReencrypt ends a re-encryption whose data is all rewritten, in one metadata
-// update: the data segment becomes final (the backup-final segment without its flag,
+// FinishReencrypt ends a re-encryption whose data is all rewritten and synced (the
+// caller's guarantee: the last hotzone may still be flagged in-reencryption, so
+// that there is no window in which the volume says "done" with the re-encryption
+// metadata still present), in one metadata update: the data segment becomes final (the backup-final segment without its flag,
 // assigned to the new digest); the keyslots of the old digest, the old digest, the
 // reencrypt keyslot, its digest, the backup segments and the requirement go; tokens
 // bound only to removed keyslots stay, bound to none. Then the areas of the removed
-// keyslots are overwritten with random data.
+// luks2 keyslots (which hold the old key) are overwritten with random data.
 func (v *Volume) FinishReencrypt(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -725,9 +727,6 @@ func (v *Volume) FinishReencrypt(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.Crashed() {
-		return fmt.Errorf("%w: hotzone in progress; recover first", ErrInvalidMetadata)
-	}
 	final, _ := r.Backup(FlagBackupFinal)
 	drop := map[int]bool{r.Keyslot.ID: true}
 	var wipeAreas []*keyslotEntry
@@ -737,7 +736,11 @@ func (v *Volume) FinishReencrypt(ctx context.Context) error {
 		}
 	}
 	for k := range drop {
-		wipeAreas = append(wipeAreas, v.meta.keyslots[k])
+		// The resilience area holds checksums or ciphertext under the old key,
+		// which is destroyed with the old keyslots: only those are wiped.
+		if k != r.Keyslot.ID {
+			wipeAreas = append(wipeAreas, v.meta.keyslots[k])
+		}
 	}
 	n, err := v.meta.withoutKeyslots(drop)
 	if err != nil {

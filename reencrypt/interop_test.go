@@ -1,0 +1,154 @@
+package reencrypt
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+	"github.com/diskcryptd/diskcryptd/luks2"
+)
+
+// TestRotateCryptsetupReads rotates the key of cryptsetup volumes (4096- and
+// 512-byte sectors, checksum and journal resilience); cryptsetup then opens them
+// with the passphrase, its key differs from the old one, and python3-cryptography
+// finds the original plaintext under it.
+func TestRotateCryptsetupReads(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	for _, c := range []struct {
+		ss  int
+		res string
+		hz  int64
+	}{{4096, "checksum", 1 << 20}, {512, "checksum", 3 << 20}, {4096, "journal", 0}} {
+		t.Run(c.res+"-"+strconv.Itoa(c.ss), func(t *testing.T) {
+			f := newFixture(t, t.TempDir(), 24<<20, c.ss)
+			o := &Options{Resilience: c.res, HotzoneSize: c.hz, Keyslot: keyslotFast, DigestIterations: 1000}
+			if err := rotateFile(t, f.img, []byte("passphrase"), o); err != nil {
+				t.Fatal(err)
+			}
+			cryptsetup(t, "open", "--test-passphrase", "--key-file", f.kf, f.img)
+			f.checkPython(t)
+		})
+	}
+}
+
+// TestCryptsetupInitWeFinish: cryptsetup initializes the re-encryption
+// (--init-only); we resume it to the end.
+func TestCryptsetupInitWeFinish(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	for _, res := range []string{"checksum", "journal"} {
+		t.Run(res, func(t *testing.T) {
+			f := newFixture(t, t.TempDir(), 24<<20, 4096)
+			cryptsetup(t, "reencrypt", "--init-only", "--batch-mode", "--resilience", res, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", f.kf, f.img)
+			if err := resumeFile(t, f.img, []byte("passphrase"), &Options{HotzoneSize: 1 << 20}); err != nil {
+				t.Fatal(err)
+			}
+			f.checkPython(t)
+		})
+	}
+}
+
+// TestCryptsetupKilledWeFinish kills cryptsetup (SIGKILL) during its run once
+// its header shows a given number of commits (two per hotzone), and finishes with
+// Resume, which recovers the hotzone cryptsetup left half written.
+func TestCryptsetupKilledWeFinish(t *testing.T) {
+	cs := testpeer.Path(t, "cryptsetup")
+	for _, commits := range []uint64{9, 24} {
+		t.Run(strconv.FormatUint(commits, 10), func(t *testing.T) {
+			f := newFixture(t, t.TempDir(), 144<<20, 4096)
+			base := seqid(t, f.img)
+			cmd := exec.Command(cs, "reencrypt", "--force-offline-reencrypt", "--batch-mode", "--hotzone-size", "4M", "--pbkdf", "pbkdf2",
+				"--pbkdf-force-iterations", "1000", "--key-file", f.kf, f.img)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(60 * time.Second)
+			for seqid(t, f.img) < base+commits && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			cmd.Process.Kill()
+			cmd.Wait()
+			fh, size := openFile(t, f.img)
+			v, err := luks2.OpenDevice(fh, size, luks2.ReadOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := v.Reencryption()
+			fh.Close()
+			if err != nil {
+				t.Fatalf("cryptsetup was not mid-run when killed: %v", err)
+			}
+			t.Logf("killed at seqid %d, hotzone in progress: %v", seqid(t, f.img), r.Crashed())
+			if err := resumeFile(t, f.img, []byte("passphrase"), &Options{}); err != nil {
+				t.Fatal(err)
+			}
+			f.checkPython(t)
+		})
+	}
+}
+
+// seqid reads the primary header's sequence id.
+func seqid(t testing.TB, img string) uint64 {
+	t.Helper()
+	fh, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	var b [8]byte
+	fh.ReadAt(b[:], 16)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// TestWeStartCryptsetupFinishes interrupts our run after its first hotzone (clean
+// stop) and in the middle of a hotzone (crash), and lets cryptsetup finish:
+// `cryptsetup repair` recovers the hotzone, `reencrypt --resume-only` goes on.
+func TestWeStartCryptsetupFinishes(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	for _, res := range []string{"checksum", "journal"} {
+		t.Run(res+"-clean", func(t *testing.T) {
+			f := newFixture(t, t.TempDir(), 24<<20, 4096)
+			ctx, cancel := context.WithCancel(context.Background())
+			o := &Options{Resilience: res, HotzoneSize: 1 << 20, Keyslot: keyslotFast, DigestIterations: 1000,
+				Progress: func(p Progress) {
+					if p.Done > 0 {
+						cancel()
+					}
+				}}
+			fh, size := openFile(t, f.img)
+			err := Rotate(ctx, fh, size, []byte("passphrase"), o)
+			fh.Close()
+			if !errors.Is(err, ErrInterrupted) {
+				t.Fatalf("want ErrInterrupted, got %v", err)
+			}
+			cryptsetup(t, "reencrypt", "--resume-only", "--force-offline-reencrypt", "--batch-mode", "--key-file", f.kf, f.img)
+			f.checkPython(t)
+		})
+		t.Run(res+"-crash", func(t *testing.T) {
+			f := newFixture(t, t.TempDir(), 24<<20, 4096)
+			img := readImage(t, f.img)
+			// Crash 1 MiB into the data write of the second hotzone.
+			d := newFaultDev(img, -1, 4096)
+			o := &Options{Resilience: res, HotzoneSize: 2 << 20, Keyslot: keyslotFast, DigestIterations: 1000, Workers: 1}
+			if err := Rotate(context.Background(), d, int64(len(img)), []byte("passphrase"), o); err != nil {
+				t.Fatal(err)
+			}
+			d2 := newFaultDev(img, d.dataWrite(t, f.dataOff, 1, 1<<20), 4096)
+			if err := Rotate(context.Background(), d2, int64(len(img)), []byte("passphrase"), o); !errors.Is(err, errCrash) {
+				t.Fatalf("want crash, got %v", err)
+			}
+			writeImage(t, f.img, d2.cur)
+			if r := reencState(t, d2.cur); !r.Crashed() {
+				t.Fatal("the cut did not fall inside a hotzone")
+			}
+			cryptsetup(t, "repair", "--batch-mode", "--key-file", f.kf, f.img)
+			cryptsetup(t, "reencrypt", "--resume-only", "--force-offline-reencrypt", "--batch-mode", "--key-file", f.kf, f.img)
+			f.checkPython(t)
+		})
+	}
+}
