@@ -283,22 +283,24 @@ func (d *faultDev) Sync() error {
 	return nil
 }
 
-// memVolume formats an in-memory volume of size bytes (data at dataOff, sector size
-// ss) with passphrase pass and fills its data with random plaintext under its key.
+// memVolume formats an image of size bytes (data at dataOff, sector size ss) with
+// cryptsetup (pbkdf2, 1000 iterations for keyslot and digest, so that tests
+// unlock fast) and passphrase pass, and fills its data with random plaintext under
+// its key.
 func memVolume(t testing.TB, size, dataOff int64, ss int, pass string) (img, plain, key []byte) {
 	t.Helper()
-	d := newFaultDev(make([]byte, size), -1, 1)
-	opts := &luks2.FormatOptions{Keyslot: luks2.KeyslotOptions{KDF: fastKDF}, DataOffset: dataOff, SectorSize: ss, Force: true}
-	_, vk, err := luks2.Format(context.Background(), d, size, []byte(pass), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key = bytes.Clone(vk.Bytes())
-	vk.Wipe()
+	dir := t.TempDir()
+	p, kf := filepath.Join(dir, "img"), filepath.Join(dir, "key")
+	writeImage(t, p, make([]byte, size))
+	writeImage(t, kf, []byte(pass))
+	cryptsetup(t, "luksFormat", "--batch-mode", "--type", "luks2", "--sector-size", strconv.Itoa(ss), "--offset", strconv.FormatInt(dataOff/512, 10),
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", kf, p)
+	img = readImage(t, p)
+	key = dumpKey(t, p, kf)
 	plain = make([]byte, size-dataOff)
 	rand.Read(plain)
-	copy(d.cur[dataOff:], refXTS(t, key, ss, 0, plain, false))
-	return d.cur, plain, key
+	copy(img[dataOff:], refXTS(t, key, ss, 0, plain, false))
+	return img, plain, key
 }
 
 // memPlain decrypts the data of an in-memory image with the key its passphrase
@@ -370,4 +372,12 @@ func reencState(t testing.TB, img []byte) *luks2.Reencryption {
 		t.Fatal(err)
 	}
 	return r
+}
+
+func reencStateErr(img []byte) (*luks2.Reencryption, error) {
+	v, err := luks2.OpenDevice(newFaultDev(img, -1, 1), int64(len(img)), luks2.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	return v.Reencryption()
 }
