@@ -226,21 +226,21 @@ func Resume(ctx context.Context, dev luks2.Device, size int64, passphrase []byte
 // engine holds what a run needs.
 type engine struct {
 	v          *luks2.Volume
-	dev        io
+	dev        device
 	p          *plan
 	oldC, newC *xts.Cipher
 	o          *Options
 	log        hclog.Logger
 }
 
-// io is the data path of the device.
-type io interface {
+// device is the data path of the volume.
+type device interface {
 	ReadAt([]byte, int64) (int, error)
 	WriteAt([]byte, int64) (int, error)
 	Sync() error
 }
 
-func run(ctx context.Context, v *luks2.Volume, dev io, size int64, oldVK, newVK *luks2.VolumeKey, o *Options) error {
+func run(ctx context.Context, v *luks2.Volume, dev device, size int64, oldVK, newVK *luks2.VolumeKey, o *Options) error {
 	if err := v.VerifyReencryptDigest(oldVK, newVK); err != nil {
 		return err
 	}
@@ -561,7 +561,7 @@ func newHash(name string) hash.Hash {
 	return sha256.New()
 }
 
-func readFull(d io, b []byte, off int64) error {
+func readFull(d device, b []byte, off int64) error {
 	for len(b) > 0 {
 		n, err := d.ReadAt(b, off)
 		b, off = b[n:], off+int64(n)

@@ -72,6 +72,7 @@ func commands() []command {
 		{"token", "import, export, remove or list tokens", cmdToken},
 		{"header", "back up or restore the LUKS2 header", cmdHeader},
 		{"repair", "rewrite a damaged header copy from the good one", cmdRepair},
+		{"reencrypt", "rotate the volume key, re-encrypting all data offline (cryptsetup-compatible, resumable)", cmdReencrypt},
 		{"erase", "destroy every keyslot: the data becomes unreadable", cmdErase},
 		{"enroll", "add a protector: tpm2, recovery or clevis (tang, tpm2, sss)", cmdEnroll},
 		{"unlock", "recover the volume key through tokens or a key file, and map the volume", cmdUnlock},

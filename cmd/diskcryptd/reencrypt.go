@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/diskcryptd/diskcryptd/luks2"
+	"github.com/diskcryptd/diskcryptd/reencrypt"
+)
+
+// cmdReencrypt rotates a volume key (re-encrypting all data) or resumes a
+// rotation, offline, compatible with cryptsetup reencrypt.
+func cmdReencrypt(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "reencrypt", "--key-file FILE [--resume-only] [--resilience checksum|journal] [--hotzone-size SIZE] [--json] DEVICE")
+	keyFile := f.String("key-file", "", "passphrase or key file of a keyslot (- for standard input)")
+	resume := f.Bool("resume-only", false, "finish a re-encryption in progress (started by diskcryptd or cryptsetup)")
+	resilience := f.String("resilience", "checksum", "hotzone protection: checksum or journal")
+	hotzone := f.String("hotzone-size", "", "largest hotzone, e.g. 64M (default 64 MiB; journal: also the journal size)")
+	jsonOut := f.Bool("json", false, "print progress as JSON lines on standard output")
+	drop := f.Bool("drop-other-keyslots", false, "allow rotation when other keyslots exist (they are removed; re-enroll them afterwards)")
+	encrypt := f.Bool("encrypt", false, "encrypt an existing filesystem in place (not implemented; use cryptsetup)")
+	reduce := f.String("reduce-device-size", "", "with --encrypt: the free space at the end of the device the header moves into")
+	var kdf kdfFlags
+	kdf.register(f)
+	pos, err := f.parse(args, 1, 1)
+	if err != nil {
+		return err
+	}
+	dev := pos[0]
+	if *encrypt {
+		return cmdEncryptInPlace(e, dev, *reduce)
+	}
+	if *resilience != "checksum" && *resilience != "journal" {
+		return usageErrorf("--resilience must be checksum or journal")
+	}
+	var hz int64
+	if *hotzone != "" {
+		if hz, err = parseSize(*hotzone); err != nil || hz <= 0 {
+			return usageErrorf("--hotzone-size %q: want a size such as 64M", *hotzone)
+		}
+	}
+	pass, err := readKeyFile(e, *keyFile)
+	if err != nil {
+		return err
+	}
+	defer clear(pass)
+	fh, size, err := openExclusive(dev)
+	if err != nil {
+		return withCode(exitDevice, "", err)
+	}
+	defer fh.Close()
+	prog := newProgressPrinter(e.stdout, *jsonOut)
+	o := &reencrypt.Options{
+		Keyslot:           luks2.KeyslotOptions{KDF: kdf.options()},
+		Resilience:        *resilience,
+		HotzoneSize:       hz,
+		DropOtherKeyslots: *drop,
+		Logger:            e.log.Named("reencrypt"),
+		Progress:          prog.report,
+	}
+	if *resume {
+		err = reencrypt.Resume(ctx, fh, size, pass, o)
+	} else {
+		err = reencrypt.Rotate(ctx, fh, size, pass, o)
+	}
+	prog.end()
+	switch {
+	case errors.Is(err, reencrypt.ErrInterrupted):
+		return withCode(exitUsage, "the volume is consistent; finish with: diskcryptd reencrypt --resume-only --key-file FILE "+dev, err)
+	case errors.Is(err, reencrypt.ErrInProgress):
+		return withCode(exitBusy, "finish it with: diskcryptd reencrypt --resume-only --key-file FILE "+dev, err)
+	case errors.Is(err, reencrypt.ErrUnsupported):
+		return withCode(exitDevice, "finish this re-encryption with cryptsetup reencrypt --resume-only", err)
+	case errors.Is(err, reencrypt.ErrOtherKeyslots):
+		return withCode(exitUsage, "", err)
+	case err != nil:
+		return err
+	}
+	if !*jsonOut {
+		fmt.Fprintf(e.stdout, "%s: volume key rotated, data re-encrypted\n", dev)
+	}
+	return nil
+}
+
+// openExclusive opens an image file, or a block device with O_EXCL so that a
+// mounted or mapped device is refused (the rotation is offline).
+func openExclusive(path string) (*os.File, int64, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	flag := os.O_RDWR
+	if st.Mode()&os.ModeDevice != 0 {
+		flag |= unix.O_EXCL
+	}
+	fh, err := os.OpenFile(path, flag, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return nil, 0, fmt.Errorf("%s is in use (mounted or mapped); re-encryption here is offline only: %w", path, err)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	size, err := fh.Seek(0, io.SeekEnd)
+	if err != nil {
+		fh.Close()
+		return nil, 0, err
+	}
+	return fh, size, nil
+}
+
+// parseSize parses a size as cryptsetup does: a number with an optional unit,
+// S (512-byte sectors), K, M, G, T (powers of 1024, optionally "iB"), KB, MB, GB,
+// TB (powers of 1000).
+func parseSize(s string) (int64, error) {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	mul := map[string]int64{"": 1, "S": 512, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30,
+		"T": 1 << 40, "TIB": 1 << 40, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[strings.ToUpper(s[i:])]
+	if mul == 0 {
+		return 0, fmt.Errorf("unknown unit %q", s[i:])
+	}
+	if n > (1<<62)/mul {
+		return 0, fmt.Errorf("size too large")
+	}
+	return n * mul, nil
+}
+
+// progressPrinter shows progress: a line rewritten in place on a terminal, JSON
+// lines with --json, nothing otherwise.
+type progressPrinter struct {
+	w     io.Writer
+	json  bool
+	tty   bool
+	shown bool
+}
+
+func newProgressPrinter(w io.Writer, jsonOut bool) *progressPrinter {
+	p := &progressPrinter{w: w, json: jsonOut}
+	if f, ok := w.(*os.File); ok {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+// progressLine is one --json progress line.
+type progressLine struct {
+	Done     int64   `json:"done_bytes"`
+	Total    int64   `json:"total_bytes"`
+	Rate     float64 `json:"bytes_per_second"`
+	ETA      float64 `json:"eta_seconds"`
+	Finished bool    `json:"finished"`
+}
+
+func (p *progressPrinter) report(pr reencrypt.Progress) {
+	var rate, eta float64
+	if s := pr.Elapsed.Seconds(); s > 0 {
+		rate = float64(pr.Done-pr.Resumed) / s
+	}
+	if rate > 0 {
+		eta = float64(pr.Total-pr.Done) / rate
+	}
+	switch {
+	case p.json:
+		b, _ := json.Marshal(progressLine{Done: pr.Done, Total: pr.Total, Rate: rate, ETA: eta, Finished: pr.Finished})
+		fmt.Fprintf(p.w, "%s\n", b)
+	case p.tty:
+		pct := 100.0
+		if pr.Total > 0 {
+			pct = 100 * float64(pr.Done) / float64(pr.Total)
+		}
+		fmt.Fprintf(p.w, "\rprogress: %5.1f%%, %d of %d MiB, %.0f MiB/s, ETA %s   ", pct, pr.Done>>20, pr.Total>>20, rate/(1<<20),
+			(time.Duration(eta) * time.Second).Round(time.Second))
+		p.shown = true
+	}
+}
+
+func (p *progressPrinter) end() {
+	if p.shown {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// cmdEncryptInPlace checks that an in-place encryption could not destroy data and
+// says what is missing.
+func cmdEncryptInPlace(e *env, dev, reduce string) error {
+	if reduce == "" {
+		return usageErrorf("--encrypt needs --reduce-device-size SIZE (room for the header at the end of the device)")
+	}
+	n, err := parseSize(reduce)
+	if err != nil || n <= 0 || n%4096 != 0 {
+		return usageErrorf("--reduce-device-size %q: want a multiple of 4 KiB such as 32M", reduce)
+	}
+	fh, size, err := openExclusive(dev)
+	if err != nil {
+		return withCode(exitDevice, "", err)
+	}
+	defer fh.Close()
+	fs, err := reencrypt.CheckTailFree(fh, size, n)
+	if err != nil {
+		return withCode(exitDevice, "shrink the filesystem first (resize2fs, btrfs filesystem resize; xfs cannot shrink) so that it ends before the last "+reduce, err)
+	}
+	fmt.Fprintf(e.stdout, "%s: %s leaves the last %d bytes free\n", dev, fs, n)
+	return withCode(exitUsage, "run cryptsetup reencrypt --encrypt --reduce-device-size "+reduce+" "+dev+"; diskcryptd reencrypt --resume-only finishes only key rotations", errors.New("in-place encryption is not implemented in diskcryptd yet"))
+}
