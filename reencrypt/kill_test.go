@@ -1,0 +1,87 @@
+package reencrypt
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+)
+
+// TestKill9Loop runs the diskcryptd binary's rotation and kills it with SIGKILL at
+// random moments, three times per round (the resumes too), then lets a resume
+// finish; python3-cryptography then finds the original plaintext under the key
+// cryptsetup reads. The seed is logged.
+func TestKill9Loop(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "diskcryptd")
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "../cmd/diskcryptd")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	for round := range 2 {
+		f := newFixture(t, t.TempDir(), 80<<20, 4096)
+		diskcryptd := func(args ...string) *exec.Cmd {
+			return exec.Command(bin, append([]string{"reencrypt", "--key-file", f.kf, "--hotzone-size", "4M", "--pbkdf", "pbkdf2",
+				"--pbkdf-force-iterations", "1000"}, append(args, f.img)...)...)
+		}
+		for kill := range 3 {
+			args := []string{"--resume-only"}
+			if kill == 0 {
+				args = nil
+			}
+			cmd := diskcryptd(args...)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// Kill after a random number of metadata commits (two per hotzone) and
+			// a random fraction of a millisecond more.
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			base, k := seqid(t, f.img), uint64(rng.IntN(24)+1)
+			var err error
+			finished := false
+		wait:
+			for seqid(t, f.img) < base+k {
+				select {
+				case err = <-done:
+					finished = true
+					break wait
+				case <-time.After(200 * time.Microsecond):
+				}
+			}
+			delay := time.Duration(rng.IntN(1000)) * time.Microsecond
+			if !finished {
+				time.Sleep(delay)
+				cmd.Process.Kill()
+				err = <-done
+			}
+			t.Logf("round %d kill %d after %d commits + %v: %v %s", round, kill, k, delay, err, strings.TrimSpace(out.String()))
+		}
+		// Finish: resume if something is in progress, else (killed before the
+		// start, or done) rotate or nothing.
+		out, err := diskcryptd("--resume-only").CombinedOutput()
+		if err != nil && strings.Contains(string(out), "no re-encryption in progress") {
+			if bytes.Equal(dumpKey(t, f.img, f.kf), f.key) {
+				out, err = diskcryptd().CombinedOutput()
+			} else {
+				err = nil
+			}
+		}
+		if err != nil {
+			t.Fatalf("round %d: finishing: %v\n%s", round, err, out)
+		}
+		f.checkPython(t)
+	}
+}
