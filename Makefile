@@ -45,6 +45,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./luks2/
 	$(MAKE) bench-xts
 	$(MAKE) bench-tang
+	$(MAKE) bench-reencrypt
 
 # 16 Tang-bound volumes: diskcryptd unlock --test DEV... against a clevis luks pass loop.
 bench-tang:
@@ -52,6 +53,10 @@ bench-tang:
 
 bench-xts:
 	XTS_SPEED_REPORT=1 $(GO) test -v -count=1 -run '^TestSpeedReport$$' ./xts/
+
+# diskcryptd reencrypt against cryptsetup reencrypt on a 1 GiB /dev/shm image.
+bench-reencrypt:
+	REENCRYPT_SPEED_REPORT=1 $(GO) test -v -count=1 -timeout 20m -run '^TestSpeedReport$$' ./reencrypt/
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

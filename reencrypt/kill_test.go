@@ -2,6 +2,8 @@ package reencrypt
 
 import (
 	"bytes"
+	"encoding/json"
+	"os"
 	"math/rand/v2"
 	"os/exec"
 	"path/filepath"
@@ -84,4 +86,52 @@ func TestKill9Loop(t *testing.T) {
 		}
 		f.checkPython(t)
 	}
+}
+
+// TestSIGINTStopsCleanly sends SIGINT to `diskcryptd reencrypt --json` mid-run: it
+// exits non-zero saying it was interrupted, at a clean point (no hotzone in
+// progress), after printing JSON progress lines; `--resume-only` then finishes.
+func TestSIGINTStopsCleanly(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "diskcryptd")
+	if out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "../cmd/diskcryptd").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	f := newFixture(t, t.TempDir(), 80<<20, 4096)
+	args := []string{"reencrypt", "--json", "--key-file", f.kf, "--hotzone-size", "1M", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", f.img}
+	cmd := exec.Command(bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	base := seqid(t, f.img)
+	for seqid(t, f.img) < base+10 {
+		time.Sleep(100 * time.Microsecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	if err == nil || !strings.Contains(stderr.String(), "interrupted") {
+		t.Fatalf("want an interruption, got %v: %s", err, stderr.String())
+	}
+	if r := reencState(t, readImage(t, f.img)); r.Crashed() {
+		t.Fatal("stopped inside a hotzone")
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	var last progressJSON
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last.Total != int64(len(f.plain)) || last.Done == 0 || last.Done >= last.Total {
+		t.Fatalf("progress lines %q: %v", lines, err)
+	}
+	if out, err := exec.Command(bin, "reencrypt", "--resume-only", "--key-file", f.kf, f.img).CombinedOutput(); err != nil {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	f.checkPython(t)
+}
+
+// progressJSON is what a --json progress line carries.
+type progressJSON struct {
+	Done     int64 `json:"done_bytes"`
+	Total    int64 `json:"total_bytes"`
+	Finished bool  `json:"finished"`
 }

@@ -67,6 +67,10 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 		Logger:            e.log.Named("reencrypt"),
 		Progress:          prog.report,
 	}
+	if kdf.iterations > 0 {
+		// As cryptsetup: forced iterations also skip the digest benchmark.
+		o.DigestIterations = 1000
+	}
 	if *resume {
 		err = reencrypt.Resume(ctx, fh, size, pass, o)
 	} else {
