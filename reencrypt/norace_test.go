@@ -1,0 +1,5 @@
+//go:build !race
+
+package reencrypt
+
+const raceEnabled = false
