@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 export CGO_ENABLED ?= 0
 
 .PHONY: deb
-.PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts bench-tang lint generate demo clean
+.PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts bench-tang bench-reencrypt lint generate demo clean
 
 all: build
 

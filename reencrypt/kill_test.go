@@ -3,8 +3,8 @@ package reencrypt
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
