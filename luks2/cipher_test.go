@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -63,13 +62,7 @@ func TestHostileCipherRefused(t *testing.T) {
 		{"keyslot area cipher_null", `"encryption":"aes-xts-plain64","key_size":64}`, `"encryption":"cipher_null-ecb","key_size":64}`, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			img := filepath.Join(dir, strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(tc.name)+".img")
-			if err := os.WriteFile(img, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Truncate(img, 20<<20); err != nil {
-				t.Fatal(err)
-			}
+			img := newImage(t, dir, 20<<20)
 			run(t, nil, "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
 				"--pbkdf-force-iterations", "1000", "--key-file", kf, img)
 			if tc.from != "" {

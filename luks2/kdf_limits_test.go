@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -48,13 +46,7 @@ func TestPBKDF2MatchesStdlib(t *testing.T) {
 // keyslot's KDF object with edit (checksums recomputed), as an attacker can.
 func hostileKDFImage(t *testing.T, kdf KDFOptions, from, to string) (string, []byte) {
 	t.Helper()
-	img := filepath.Join(t.TempDir(), "kdf.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 17<<20); err != nil {
-		t.Fatal(err)
-	}
+	img := newImage(t, t.TempDir(), 17<<20)
 	pass := []byte("hostile kdf")
 	opts := fastFormat()
 	opts.Keyslot.KDF = kdf

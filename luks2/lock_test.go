@@ -49,13 +49,7 @@ func TestLockChild(t *testing.T) {
 // serialized by the device lock, and each works on the header as the other left it.
 func TestConcurrentKeyslotAdd(t *testing.T) {
 	const perChild = 4
-	img := filepath.Join(t.TempDir(), "race.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 17<<20); err != nil {
-		t.Fatal(err)
-	}
+	img := newImage(t, t.TempDir(), 17<<20)
 	v, vk, err := FormatFile(context.Background(), img, []byte("pw"), fastFormat())
 	if err != nil {
 		t.Fatal(err)
@@ -110,13 +104,7 @@ func TestConcurrentKeyslotAdd(t *testing.T) {
 // cryptsetup, which takes the same lock, waits too.
 func TestHeldLockWaitsThenFails(t *testing.T) {
 	dir := t.TempDir()
-	img := filepath.Join(dir, "held.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 17<<20); err != nil {
-		t.Fatal(err)
-	}
+	img := newImage(t, dir, 17<<20)
 	ctx := context.Background()
 	v1, vk, err := FormatFile(ctx, img, []byte("pw"), fastFormat())
 	if err != nil {
@@ -146,27 +134,13 @@ func TestHeldLockWaitsThenFails(t *testing.T) {
 	cs := testpeer.Path(t, "cryptsetup")
 	kf := writeKeyFile(t, dir, []byte("pw"))
 	nk := writeKeyFile(t, dir, []byte("from cryptsetup"))
-	cmd := exec.Command(cs, "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", kf, img, nk)
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case err := <-exited:
-		t.Fatalf("cryptsetup luksAddKey finished while we held the lock (%v): %s", err, out)
-	case <-time.After(2 * time.Second):
-	}
+	finish := cryptsetupWaitsForLock(t, cs, kf, nk, img)
 	// We are still the only writer: add a keyslot under our lock.
 	if _, err := v1.AddKeyslot(ctx, vk, []byte("first"), AnySlot, &KeyslotOptions{KDF: MinimumCostKDF()}); err != nil {
 		t.Fatal(err)
 	}
 	release()
-	if err := <-exited; err != nil {
-		t.Fatalf("cryptsetup luksAddKey: %v\n%s", err, out)
-	}
+	finish()
 	// v2 now re-reads the header under the lock and adds its keyslot after both.
 	if _, err := v2.AddKeyslot(ctx, vk, []byte("second"), AnySlot, &KeyslotOptions{KDF: MinimumCostKDF()}); err != nil {
 		t.Fatal(err)
@@ -187,13 +161,7 @@ func TestBlockDeviceLockAndExclusiveFormat(t *testing.T) {
 	losetup := testpeer.Path(t, "losetup")
 	cs := testpeer.Path(t, "cryptsetup")
 	dir := t.TempDir()
-	img := filepath.Join(dir, "blk.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 20<<20); err != nil {
-		t.Fatal(err)
-	}
+	img := newImage(t, dir, 20<<20)
 	out, err := exec.Command(losetup, "-f", "--show", img).CombinedOutput()
 	if err != nil {
 		testpeer.Missing(t, "no loop device: %v: %s", err, out)
@@ -232,9 +200,21 @@ func TestBlockDeviceLockAndExclusiveFormat(t *testing.T) {
 	}
 	kf := writeKeyFile(t, dir, []byte("pw"))
 	nk := writeKeyFile(t, dir, []byte("cs"))
-	cmd := exec.Command(cs, "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", kf, loop, nk)
-	var cout strings.Builder
-	cmd.Stdout, cmd.Stderr = &cout, &cout
+	finish := cryptsetupWaitsForLock(t, cs, kf, nk, loop)
+	release()
+	finish()
+	run(t, []byte("cs"), cs, "open", "--test-passphrase", "--key-file", "-", loop)
+}
+
+// cryptsetupWaitsForLock starts `cryptsetup luksAddKey` on img while the caller holds
+// the metadata lock and checks that it is still waiting two seconds later (it
+// finishes in a fraction of that when it does not wait). Call finish after releasing
+// the lock: it waits for cryptsetup and fails the test if it failed.
+func cryptsetupWaitsForLock(t *testing.T, cs, keyFile, newKeyFile, img string) (finish func()) {
+	t.Helper()
+	cmd := exec.Command(cs, "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", keyFile, img, newKeyFile)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -242,12 +222,13 @@ func TestBlockDeviceLockAndExclusiveFormat(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	select {
 	case err := <-exited:
-		t.Fatalf("cryptsetup finished while we held the lock file (%v): %s", err, cout.String())
+		t.Fatalf("cryptsetup luksAddKey finished while we held the lock (%v): %s", err, out)
 	case <-time.After(2 * time.Second):
 	}
-	release()
-	if err := <-exited; err != nil {
-		t.Fatalf("cryptsetup luksAddKey: %v\n%s", err, cout.String())
+	return func() {
+		t.Helper()
+		if err := <-exited; err != nil {
+			t.Fatalf("cryptsetup luksAddKey: %v\n%s", err, out)
+		}
 	}
-	run(t, []byte("cs"), cs, "open", "--test-passphrase", "--key-file", "-", loop)
 }
