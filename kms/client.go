@@ -239,12 +239,22 @@ func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 	}
 	c, err := kmipclient.DialContext(ctx, server,
 		kmipclient.WithDialerUnsafe(dialer),
+		kmipclient.WithMiddlewares(noTimeStamp),
 		kmipclient.WithKmipVersions(kmip.V1_4, kmip.V1_3, kmip.V1_2),
 		kmipclient.WithMaxMessageSize(64<<10))
 	if err != nil {
 		return nil, err
 	}
 	return &session{c: c, server: server}, nil
+}
+
+// noTimeStamp drops the optional Time Stamp of the request header (KMIP 1.4 §7.2):
+// a host at boot has not synchronised its clock yet, and servers reject stamps they
+// find in the future or more than a minute old (PyKMIP does; a TCG guest's clock runs
+// ahead of the host's within seconds). Replays are TLS's business.
+func noTimeStamp(next kmipclient.Next, ctx context.Context, msg *kmip.RequestMessage) (*kmip.ResponseMessage, error) {
+	msg.Header.TimeStamp = nil
+	return next(ctx, msg)
 }
 
 func handshake(ctx context.Context, raw net.Conn, cfg *tls.Config) (net.Conn, error) {

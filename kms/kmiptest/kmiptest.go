@@ -45,6 +45,9 @@ type CA struct {
 	Key  *ecdsa.PrivateKey
 	// CertFile is the CA certificate as a PEM file.
 	CertFile string
+	// ServerIPs are added to the IP addresses of server certificates it issues
+	// (e.g. the address a QEMU guest reaches the host by).
+	ServerIPs []net.IP
 	dir      string
 	serial   int64
 	mu       sync.Mutex
@@ -89,8 +92,8 @@ type Identity struct {
 	Key               *ecdsa.PrivateKey
 }
 
-// Issue makes a certificate for cn: a server certificate for IP 127.0.0.1 when
-// server is true, else a client certificate (extended key usage clientAuth, which
+// Issue makes a certificate for cn: a server certificate for IP 127.0.0.1 (and
+// ca.ServerIPs) when server is true, else a client certificate (extended key usage clientAuth, which
 // PyKMIP requires; the CN is the client's identity at the server).
 func (ca *CA) Issue(t testing.TB, cn string, server bool) *Identity {
 	t.Helper()
@@ -118,7 +121,7 @@ func (ca *CA) IssueFor(t testing.TB, cn string, server bool, key *ecdsa.PrivateK
 	}
 	if server {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		tmpl.IPAddresses = append([]net.IP{net.IPv4(127, 0, 0, 1)}, ca.ServerIPs...)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
@@ -163,12 +166,13 @@ func Require(t testing.TB) {
 }
 
 // Start starts a pykmip-server on a free port of 127.0.0.1 with a fresh CA, and stops
-// it at the end of the test.
-func Start(t testing.TB) *Server {
+// it at the end of the test. Its certificate is valid for 127.0.0.1 and serverIPs.
+func Start(t testing.TB, serverIPs ...net.IP) *Server {
 	t.Helper()
 	Require(t)
 	dir := t.TempDir()
 	ca := NewCA(t, dir, "kms")
+	ca.ServerIPs = serverIPs
 	s := &Server{CA: ca, Dir: dir, Client: ca.Issue(t, "diskcryptd-host", false)}
 	srv := ca.Issue(t, "kms-server", true)
 	var err error
