@@ -48,9 +48,9 @@ type CA struct {
 	// ServerIPs are added to the IP addresses of server certificates it issues
 	// (e.g. the address a QEMU guest reaches the host by).
 	ServerIPs []net.IP
-	dir      string
-	serial   int64
-	mu       sync.Mutex
+	dir       string
+	serial    int64
+	mu        sync.Mutex
 }
 
 // NewCA makes a CA named name whose files live in dir.
