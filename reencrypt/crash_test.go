@@ -1,6 +1,7 @@
 package reencrypt
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,7 +33,7 @@ func TestCrashAtEveryWrite(t *testing.T) {
 		atom int64
 	}{{"checksum", 4096}, {"journal", 512}} {
 		t.Run(c.res, func(t *testing.T) {
-			img, plain, _ := memVolume(t, crashSize, crashDataOff, 4096, "pw")
+			img, plain, key := memVolume(t, crashSize, crashDataOff, 4096, "pw")
 			o := func() *Options {
 				return &Options{Resilience: c.res, HotzoneSize: 64 << 10, Workers: 1, Keyslot: keyslotFast, DigestIterations: 1000}
 			}
@@ -61,7 +62,7 @@ func TestCrashAtEveryWrite(t *testing.T) {
 				}
 				cuts = some
 			}
-			hot := 0
+			hot, restarted := 0, 0
 			for n, cut := range cuts {
 				d := newFaultDev(img, cut, c.atom)
 				err := Rotate(context.Background(), d, crashSize, []byte("pw"), o())
@@ -82,14 +83,22 @@ func TestCrashAtEveryWrite(t *testing.T) {
 					}
 					fd := newFaultDev(after, -1, c.atom)
 					err := Resume(context.Background(), fd, crashSize, []byte("pw"), o())
+					if errors.Is(err, ErrNotInProgress) && bytes.Equal(unlockKey(t, fd.cur, "pw"), key) {
+						// Cut before the run began: starting again must work.
+						restarted++
+						err = Rotate(context.Background(), fd, crashSize, []byte("pw"), o())
+						if bytes.Equal(unlockKey(t, fd.cur, "pw"), key) {
+							t.Fatalf("%s: restarted rotation kept the old key", name)
+						}
+					}
 					if err != nil && !errors.Is(err, ErrNotInProgress) {
 						t.Fatalf("%s: resume: %v", name, err)
 					}
 					memPlain(t, fd.cur, "pw", plain)
 				}
 			}
-			if hot == 0 {
-				t.Fatal("no cut fell inside a hotzone")
+			if restarted == 0 || hot == 0 {
+				t.Fatalf("cuts: %d inside a hotzone, %d before the start", hot, restarted)
 			}
 		})
 	}

@@ -381,3 +381,18 @@ func reencStateErr(img []byte) (*luks2.Reencryption, error) {
 	}
 	return v.Reencryption()
 }
+
+// unlockKey returns the key the passphrase opens on an in-memory image.
+func unlockKey(t testing.TB, img []byte, pass string) []byte {
+	t.Helper()
+	v, err := luks2.OpenDevice(newFaultDev(img, -1, 1), int64(len(img)), luks2.ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vk, _, err := v.Unlock(context.Background(), []byte(pass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vk.Wipe()
+	return bytes.Clone(vk.Bytes())
+}

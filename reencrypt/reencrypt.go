@@ -129,24 +129,42 @@ func Rotate(ctx context.Context, dev luks2.Device, size int64, passphrase []byte
 		return err
 	}
 	defer oldVK.Wipe()
+	// Keyslots of the old key other than the one opened would be removed at the
+	// end. A keyslot of another key that the passphrase opens is the new key of an
+	// interrupted start (killed between its two commits): take it up again.
+	oldDigest := keyslotInfo(md, slot).Digest
+	var newVK *luks2.VolumeKey
+	did := -1
 	for _, ks := range md.Keyslots {
-		if ks.ID != slot && ks.Type == "luks2" && !o.DropOtherKeyslots {
-			return fmt.Errorf("%w (keyslot %d)", ErrOtherKeyslots, ks.ID)
+		if ks.ID == slot || ks.Type != "luks2" {
+			continue
+		}
+		if ks.Digest == oldDigest {
+			if !o.DropOtherKeyslots {
+				return fmt.Errorf("%w (keyslot %d)", ErrOtherKeyslots, ks.ID)
+			}
+			continue
+		}
+		if newVK != nil {
+			continue
+		}
+		if k, err := v.UnlockKeyslot(ctx, ks.ID, passphrase); err == nil {
+			o.logger().Info("reusing the new key of an interrupted start", "keyslot", ks.ID)
+			newVK, did = k, ks.Digest
 		}
 	}
-	newVK, err := randomKey(oldVK.Len())
-	if err != nil {
-		return err
+	if newVK == nil {
+		if newVK, err = randomKey(oldVK.Len()); err != nil {
+			return err
+		}
+		ksOpts := o.Keyslot
+		ksOpts.Priority = keyslotInfo(md, slot).Priority
+		if _, did, err = v.AddUnboundKeyslot(ctx, newVK, passphrase, luks2.AnySlot, &ksOpts, o.DigestIterations); err != nil {
+			newVK.Wipe()
+			return err
+		}
 	}
 	defer newVK.Wipe()
-	ksOpts := o.Keyslot
-	if ks := keyslotInfo(md, slot); ks != nil {
-		ksOpts.Priority = ks.Priority
-	}
-	_, did, err := v.AddUnboundKeyslot(ctx, newVK, passphrase, luks2.AnySlot, &ksOpts, o.DigestIterations)
-	if err != nil {
-		return err
-	}
 	res := o.Resilience
 	if res == "" {
 		res = "checksum"
