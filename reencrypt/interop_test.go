@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,12 +59,22 @@ func TestCryptsetupInitWeFinish(t *testing.T) {
 // Resume, which recovers the hotzone cryptsetup left half written.
 func TestCryptsetupKilledWeFinish(t *testing.T) {
 	cs := testpeer.Path(t, "cryptsetup")
-	for _, commits := range []uint64{9, 24} {
-		t.Run(strconv.FormatUint(commits, 10), func(t *testing.T) {
+	for _, c := range []struct {
+		commits uint64
+		args    []string
+	}{
+		{9, []string{"--hotzone-size", "4M"}},
+		{24, []string{"--hotzone-size", "4M"}},
+		{3, nil}, // cryptsetup's default: the whole 128 MiB in one hotzone
+		{7, []string{"--resilience", "journal"}},
+	} {
+		t.Run(strconv.FormatUint(c.commits, 10)+strings.Join(c.args, ""), func(t *testing.T) {
+			commits := c.commits
 			f := newFixture(t, t.TempDir(), 144<<20, 4096)
 			base := seqid(t, f.img)
-			cmd := exec.Command(cs, "reencrypt", "--force-offline-reencrypt", "--batch-mode", "--hotzone-size", "4M", "--pbkdf", "pbkdf2",
-				"--pbkdf-force-iterations", "1000", "--key-file", f.kf, f.img)
+			args := append([]string{"reencrypt", "--force-offline-reencrypt", "--batch-mode", "--pbkdf", "pbkdf2",
+				"--pbkdf-force-iterations", "1000", "--key-file", f.kf}, c.args...)
+			cmd := exec.Command(cs, append(args, f.img)...)
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
