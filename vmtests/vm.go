@@ -115,14 +115,16 @@ type GuestFwd struct {
 // the forwards are the guest's only way out. Each forward runs socat per connection
 // (QEMU's "cmd:" form; socat must be on the host's PATH): a "tcp:" chardev is one
 // connection made when QEMU starts, shared by every guest connection, and with it a
-// second guest connection hangs (seen with QEMU 7.2).
+// second guest connection hangs (seen with QEMU 7.2). socat logs to /dev/null: QEMU
+// hands it the guest connection as stderr too, and its "connection refused" would
+// reach the guest as if the host service had answered.
 func netArgs(fwd []GuestFwd) []string {
 	if len(fwd) == 0 {
 		return nil
 	}
 	netdev := "user,id=net0,restrict=on,net=10.0.2.0/24"
 	for _, f := range fwd {
-		netdev += fmt.Sprintf(",guestfwd=tcp:%s:%d-cmd:socat - TCP:127.0.0.1:%d", GuestAddr, f.GuestPort, f.HostPort)
+		netdev += fmt.Sprintf(",guestfwd=tcp:%s:%d-cmd:socat -lf /dev/null - TCP:127.0.0.1:%d", GuestAddr, f.GuestPort, f.HostPort)
 	}
 	return []string{"-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"}
 }
