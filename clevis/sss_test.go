@@ -115,3 +115,22 @@ func TestParseJWERefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestDescribe: the pin tree as token list shows it.
+func TestDescribe(t *testing.T) {
+	poly, _ := newPolynomial(1)
+	p := base64.RawURLEncoding.EncodeToString(poly.p.FillBytes(make([]byte, 32)))
+	tpm2, err := encryptDir(make([]byte, 32), map[string]any{"pin": "tpm2", "tpm2": map[string]any{"pcr_ids": "0,7", "pcr_bank": "sha1"}}, []byte("share"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := sssJWE(t, 1, p, []string{tpm2, tpm2})
+	outer := sssJWE(t, 2, p, []string{tpm2, inner})
+	j, err := ParseJWE([]byte(outer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := Describe(j), "sss t=2: tpm2(pcr 0+7 sha1), [sss t=1: tpm2(pcr 0+7 sha1), tpm2(pcr 0+7 sha1)]"; got != want {
+		t.Fatalf("Describe = %q, want %q", got, want)
+	}
+}
