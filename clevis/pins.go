@@ -92,6 +92,7 @@ func (p *Pins) Decrypt(ctx context.Context, j *JWE) ([]byte, error) {
 // pin, whose shared secret comes from the McCallum-Relyea exchange).
 type cekKey []byte
 
+// DecryptKey implements jose.OpaqueKeyDecrypter: the key is already derived.
 func (k cekKey) DecryptKey([]byte, jose.Header) ([]byte, error) { return k, nil }
 
 func decryptWith(j *JWE, key any) ([]byte, error) {

@@ -32,6 +32,7 @@ type Error struct {
 	Err error
 }
 
+// Error says "tang URL: OP: cause".
 func (e *Error) Error() string { return fmt.Sprintf("tang %s: %s: %v", e.URL, e.Op, e.Err) }
 
 // Unwrap returns the cause.
