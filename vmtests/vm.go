@@ -89,6 +89,12 @@ type Machine struct {
 	// GuestAddr:GuestPort in the guest to 127.0.0.1:HostPort on the host. The guest's
 	// /init brings eth0 up as GuestIP/24.
 	GuestFwd []GuestFwd
+	// HotplugDisks are disk images QEMU opens without attaching them: a MonitorAction
+	// with HotplugAdd plugs one in while the guest runs (monitor.go).
+	HotplugDisks []Disk
+	// MonitorActions are QEMU monitor commands sent when the guest's console shows a
+	// marker (monitor.go).
+	MonitorActions []MonitorAction
 	// Logf receives progress lines (testing.T.Logf).
 	Logf  func(format string, args ...any)
 	boots int
@@ -283,6 +289,7 @@ func (m *Machine) Boot(ctx context.Context, steps []Step, files map[string][]byt
 		"-device", "virtserialport,bus=vser.0,chardev=results,name=results",
 	}
 	args = append(args, netArgs(m.GuestFwd)...)
+	args = append(args, m.monitorArgs(dir)...)
 	for i, d := range m.Disks {
 		// -drive if=virtio cannot carry a serial in QEMU 7.2; split drive and device.
 		args = append(args,
@@ -301,7 +308,10 @@ func (m *Machine) Boot(ctx context.Context, steps []Step, files map[string][]byt
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
 	m.Logf("boot %d: qemu (%s), console log %s", m.boots, m.env.Accel, console)
+	monCtx, monCancel := context.WithCancel(ctx)
+	go m.runMonitorActions(monCtx, dir, console)
 	runErr := cmd.Run()
+	monCancel()
 	b := &Boot{Wall: time.Since(start), Console: console}
 	res, perr := os.ReadFile(results)
 	if perr == nil {
