@@ -8,7 +8,8 @@ import (
 )
 
 // waitStatus is guest shell that polls `diskcryptd status` until the daemon reports
-// volume in state (up to about 2 minutes), printing the daemon's log if it never does.
+// volume in state (an extended regexp for the rest of the line: state and reason; up
+// to about 2 minutes), printing the daemon's log if it never does.
 func waitStatus(volume, state string) string {
 	return "i=0\nuntil diskcryptd status --socket /run/diskcryptd.sock 2>/dev/null | grep -qE '^" + volume + " +" + state + "'; do\n" +
 		"\ti=$((i+1)); if [ $i -gt 600 ]; then diskcryptd status --socket /run/diskcryptd.sock; cat /run/serve.log; exit 1; fi; sleep 0.2\ndone\n" +
@@ -49,7 +50,7 @@ func TestHotplug(t *testing.T) {
 		Step{Name: "serve", Script: "{ echo 'socket /run/diskcryptd.sock'; echo 'tpm2-device /dev/tpmrm0'; echo 'device-timeout 2s'\n" +
 			"  echo 'volume hot0 UUID=" + uuid + "'; } > /run/diskcryptd.conf\n" +
 			"diskcryptd --verbose serve --config /run/diskcryptd.conf >/run/serve.log 2>&1 &\necho $! >/run/serve.pid\n" +
-			waitStatus("hot0", "waiting")},
+			waitStatus("hot0", "waiting.*not present")},
 		Step{Name: "plug", Script: "echo @@HOTPLUG-ADD@@ >/dev/console\n" + waitStatus("hot0", "unlocked") + "mapped hot0"},
 		Step{Name: "lock", Script: "diskcryptd lock hot0\n" + waitStatus("hot0", "locked")},
 		Step{Name: "sighup", Script: "kill -HUP $(cat /run/serve.pid)\n" + waitStatus("hot0", "unlocked") + "mapped hot0"},

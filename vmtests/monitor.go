@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -63,10 +64,15 @@ func (m *Machine) runMonitorActions(ctx context.Context, dir, console string) {
 		}
 		a := m.MonitorActions[next]
 		out, err := hmp(ctx, sock, a.Command)
-		m.Logf("monitor: %q after %q: %s %v", a.Command, a.When, strings.TrimSpace(out), err)
+		// HMP echoes the command as it redraws the line; its answer follows.
+		_, answer, _ := strings.Cut(ansi.ReplaceAllString(out, ""), "\n")
+		m.Logf("monitor: %q after %q: %q %v", a.Command, a.When, strings.TrimSpace(answer), err)
 		next++
 	}
 }
+
+// ansi matches the terminal control sequences HMP echoes the command with.
+var ansi = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
 
 // hmp sends one HMP command over the monitor socket and returns what QEMU answered.
 func hmp(ctx context.Context, sock, command string) (string, error) {
