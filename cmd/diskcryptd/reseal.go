@@ -93,3 +93,15 @@ func cmdReseal(ctx context.Context, e *env, args []string) error {
 	}
 	return nil
 }
+
+// statusNote is the REASON column of a daemon volume: why it is not unlocked, and
+// what its last reseal did.
+func statusNote(s daemon.VolumeStatus) string {
+	switch {
+	case s.Reason == "":
+		return s.Reseal
+	case s.Reseal == "":
+		return s.Reason
+	}
+	return s.Reason + "; " + s.Reseal
+}

@@ -239,7 +239,7 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 	if rep.Daemon != nil {
 		fmt.Fprintln(tw, "\nDAEMON VOLUME\tSTATE\tTOKEN\tREASON")
 		for _, s := range rep.Daemon {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, s.State, orDash(s.Token), orDash(s.Reason))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, s.State, orDash(s.Token), orDash(statusNote(s)))
 		}
 	}
 	return tw.Flush()
