@@ -448,6 +448,17 @@ func (l *Logger) append(r *Record) error {
 	return nil
 }
 
+// ReadFile reads the audit log at path with Read. A missing file is an error matching
+// os.ErrNotExist.
+func ReadFile(path string, since time.Time) ([]Record, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	defer f.Close()
+	return Read(f, since)
+}
+
 // ErrFormat is wrapped by Read for a line that is not an audit record.
 var ErrFormat = errors.New("audit: malformed record")
 

@@ -50,12 +50,7 @@ func TestUnlockAudited(t *testing.T) {
 		Audit: audit.New(audit.Options{Path: logPath, Actor: "daemon", NoJournal: true}),
 	}
 	d.UnlockAll(ctx)
-	f, err := os.Open(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	recs, err := audit.Read(f, time.Time{})
+	recs, err := audit.ReadFile(logPath, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -338,7 +337,7 @@ func TestResealAudited(t *testing.T) {
 	if _, err := r.Reseal(ctx, v, vk, stale, audit.Record{Actor: "test"}); !errors.Is(err, ErrNotResealable) {
 		t.Fatalf("reseal of a changed token: %v", err)
 	}
-	recs, err := readAudit(path)
+	recs, err := audit.ReadFile(path, time.Time{})
 	if err != nil || len(recs) != 1 || recs[0].Kind != audit.KindReseal || recs[0].Result != audit.Failure || *recs[0].Token != tid {
 		t.Fatalf("audit: %+v %v", recs, err)
 	}
@@ -347,11 +346,3 @@ func TestResealAudited(t *testing.T) {
 	}
 }
 
-func readAudit(path string) ([]audit.Record, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return audit.Read(f, time.Time{})
-}

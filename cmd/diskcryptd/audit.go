@@ -126,19 +126,9 @@ func cmdAudit(_ context.Context, e *env, args []string) error {
 	if path == "none" {
 		return usageErrorf("the audit log file is disabled (audit-log none); read the journal: journalctl SYSLOG_IDENTIFIER=diskcryptd")
 	}
-	fh, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		fh = nil
-	} else if err != nil {
-		return fmt.Errorf("audit log: %w", err)
-	}
-	var recs []audit.Record
-	if fh != nil {
-		recs, err = audit.Read(fh, t)
-		fh.Close()
-		if err != nil {
-			return err
-		}
+	recs, err := audit.ReadFile(path, t)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	if *asJSON {
 		if recs == nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -58,9 +57,7 @@ func TestEraseKMSRevoke(t *testing.T) {
 		t.Fatalf("second erase --kms-revoke: %+v", r)
 	}
 
-	f, _ := os.Open(logPath)
-	defer f.Close()
-	recs, err := audit.Read(f, time.Time{})
+	recs, err := audit.ReadFile(logPath, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,9 +51,7 @@ func TestRecoveryReplace(t *testing.T) {
 	mustCLI(t, "", env, "keyslot", "remove", "--slot", "0", img)
 	mustCLI(t, fresh, env, "unlock", "--test", "--key-file", "-", img)
 
-	f, _ := os.Open(logPath)
-	defer f.Close()
-	recs, err := audit.Read(f, time.Time{})
+	recs, err := audit.ReadFile(logPath, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

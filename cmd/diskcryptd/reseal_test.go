@@ -101,12 +101,7 @@ func TestServeResealsAfterFallback(t *testing.T) {
 		t.Fatalf("reseal with nothing stale: %s", out)
 	}
 
-	f, err := os.Open(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	recs, err := audit.Read(f, time.Time{})
+	recs, err := audit.ReadFile(logPath, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
