@@ -23,6 +23,18 @@ type recovered struct {
 	how string
 	// opened are the keyslots that opened the volume (never resealed away).
 	opened []int
+	// resealKey is a copy of the volume key kept for the reseal (volumes with
+	// reseal=tpm2 only): the mapping and the measurement may wipe vk first.
+	// resealAfter wipes it.
+	resealKey *luks2.VolumeKey
+}
+
+// keepForReseal copies the volume key for resealAfter when the volume may need it.
+func (d *Daemon) keepForReseal(vc VolumeConfig, r *recovered) *recovered {
+	if vc.ResealTPM2 && d.Reseal != nil {
+		r.resealKey = luks2.NewVolumeKey(r.vk.Bytes())
+	}
+	return r
 }
 
 // recoverWithFallback recovers v's key through its tokens (with serial, the
@@ -38,12 +50,16 @@ func (d *Daemon) recoverWithFallback(ctx context.Context, v *luks2.Volume, vc Vo
 	d.unseal.Unlock()
 	if err == nil {
 		w := rep.Winner()
-		return &recovered{vk: vk, rep: rep, how: fmt.Sprintf("%d:%s", w.Token.ID, w.Token.Type), opened: w.Token.Keyslots}, nil
+		return d.keepForReseal(vc, &recovered{vk: vk, rep: rep, how: fmt.Sprintf("%d:%s", w.Token.ID, w.Token.Type), opened: w.Token.Keyslots}), nil
 	}
 	if vc.KeyFile == "" || !errors.Is(err, unlock.ErrLocked) {
 		return nil, err
 	}
+	start := time.Now()
 	vk, slot, kerr := unlockWithKeyFile(ctx, v, vc.KeyFile)
+	if onKeyslot != nil {
+		onKeyslot(start, time.Now())
+	}
 	rec := base
 	rec.Kind, rec.Protector, rec.Detail = audit.KindKeyRelease, "key-file", "configured key file "+vc.KeyFile
 	if kerr != nil {
@@ -54,7 +70,7 @@ func (d *Daemon) recoverWithFallback(ctx context.Context, v *luks2.Volume, vc Vo
 	rec.Keyslots = []int{slot}
 	d.Audit.Emit(ctx, rec)
 	log.Warn("volume opened through its configured key file", "keyslot", slot)
-	return &recovered{vk: vk, rep: rep, how: "key-file", opened: []int{slot}}, nil
+	return d.keepForReseal(vc, &recovered{vk: vk, rep: rep, how: "key-file", opened: []int{slot}}), nil
 }
 
 // ErrKeyFileMode is returned for a key file that others than its owner may read.
@@ -87,7 +103,8 @@ func unlockWithKeyFile(ctx context.Context, v *luks2.Volume, path string) (*luks
 // after the mapping, so a reseal never delays a volume; its outcome is in the
 // volume's status and metrics and in the audit log.
 func (d *Daemon) resealAfter(ctx context.Context, vc VolumeConfig, path string, r *recovered) {
-	if !vc.ResealTPM2 || d.Reseal == nil {
+	defer r.resealKey.Wipe()
+	if !vc.ResealTPM2 || d.Reseal == nil || r.resealKey == nil {
 		return
 	}
 	log := d.log().With("volume", vc.Name)
@@ -113,7 +130,7 @@ func (d *Daemon) resealAfter(ctx context.Context, vc VolumeConfig, path string, 
 		return
 	}
 	defer rw.Close()
-	done, err := d.Reseal.Reseal(ctx, rw, r.vk, stale, audit.Record{Actor: "daemon", Volume: vc.Name, Device: path})
+	done, err := d.Reseal.Reseal(ctx, rw, r.resealKey, stale, audit.Record{Actor: "daemon", Volume: vc.Name, Device: path})
 	msg := ""
 	for i, res := range done {
 		if i > 0 {
