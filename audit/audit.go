@@ -264,8 +264,10 @@ func (r *Record) Message() string {
 	if r.Protector != "" {
 		fmt.Fprintf(&b, " protector=%s", r.Protector)
 	}
-	if r.PCRBank != "" || len(r.PCRs) > 0 {
+	if len(r.PCRs) > 0 {
 		fmt.Fprintf(&b, " pcrs=%s:%s", r.PCRBank, formatPCRs(r.PCRs))
+	} else if r.PCRBank != "" {
+		fmt.Fprintf(&b, " bank=%s", r.PCRBank)
 	}
 	if r.KMSServer != "" {
 		fmt.Fprintf(&b, " kms=%s", r.KMSServer)
