@@ -345,4 +345,3 @@ func TestResealAudited(t *testing.T) {
 		t.Fatal("secret in logs")
 	}
 }
-
