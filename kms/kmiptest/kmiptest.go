@@ -88,6 +88,8 @@ func writePEM(t testing.TB, path, typ string, der []byte, mode os.FileMode) {
 
 // Identity is a certificate and its key as PEM files.
 type Identity struct {
+	// CN is the certificate's common name (the client's identity at PyKMIP).
+	CN                string
 	CertFile, KeyFile string
 	Key               *ecdsa.PrivateKey
 }
@@ -128,7 +130,7 @@ func (ca *CA) IssueFor(t testing.TB, cn string, server bool, key *ecdsa.PrivateK
 		t.Fatal(err)
 	}
 	base := filepath.Join(ca.dir, fmt.Sprintf("%s-%d", cn, serial))
-	id := &Identity{CertFile: base + ".pem", KeyFile: base + ".key", Key: key}
+	id := &Identity{CN: cn, CertFile: base + ".pem", KeyFile: base + ".key", Key: key}
 	writePEM(t, id.CertFile, "CERTIFICATE", der, 0o644)
 	pk, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
