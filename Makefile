@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 export CGO_ENABLED ?= 0
 
 .PHONY: deb
-.PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts bench-tang bench-reencrypt lint generate demo clean
+.PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts bench-tang bench-reencrypt bench-kms lint generate demo clean
 
 all: build
 
@@ -46,10 +46,16 @@ bench:
 	$(MAKE) bench-xts
 	$(MAKE) bench-tang
 	$(MAKE) bench-reencrypt
+	$(MAKE) bench-kms
 
 # 16 Tang-bound volumes: diskcryptd unlock --test DEV... against a clevis luks pass loop.
 bench-tang:
 	TANG_SPEED_REPORT=1 $(GO) test -v -count=1 -run '^TestTangUnlockSpeedReport$$' ./cmd/diskcryptd/
+
+# KMIP unlock latency per volume and for 16 volumes at once against one pykmip-server
+# (beside PyKMIP's own client), and 200 hosts unlocking at the same moment.
+bench-kms:
+	KMS_BENCH_REPORT=1 $(GO) test -v -count=1 -run '^(TestKMSBenchReport|TestThunderingHerd)$$' ./kms/
 
 bench-xts:
 	XTS_SPEED_REPORT=1 $(GO) test -v -count=1 -run '^TestSpeedReport$$' ./xts/
