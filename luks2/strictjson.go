@@ -8,6 +8,7 @@ import (
 	"io"
 	"reflect"
 	"strings"
+	"unicode"
 )
 
 // cryptsetup reads the JSON metadata with json-c, which matches member names exactly.
@@ -16,8 +17,10 @@ import (
 // `"key_size":64,"KEY_SIZE":32` would describe one volume to cryptsetup and another
 // to us. We therefore refuse, before anything is decoded:
 //
-//   - an object that names the same member twice (anywhere in the metadata, tokens
-//     included: checkNoDuplicateKeys);
+//   - an object that names the same member twice, or two members whose names differ
+//     only by case (anywhere in the metadata, tokens included: checkNoDuplicateKeys).
+//     json-c sees two members where a Go decoder of that token would merge them, the
+//     last one winning;
 //   - a member whose name is not exactly one of the fields we decode it into but
 //     would be matched to one case-insensitively (decodeStrict, via the json tags).
 //
@@ -27,8 +30,8 @@ import (
 const maxJSONDepth = 64
 
 // checkNoDuplicateKeys walks js token by token and fails when any object repeats a
-// member name (compared exactly, as both json-c and encoding/json see the name after
-// unescaping).
+// member name, compared after unescaping and case folding as encoding/json folds
+// (foldName): exact duplicates and case variants alike.
 func checkNoDuplicateKeys(js []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.UseNumber()
@@ -69,10 +72,11 @@ func checkNoDuplicateKeys(js []byte) error {
 			if !ok {
 				return errors.New("object member name is not a string")
 			}
-			if _, dup := top.keys[k]; dup {
-				return fmt.Errorf("duplicate member %q", k)
+			f := foldName(k)
+			if _, dup := top.keys[f]; dup {
+				return fmt.Errorf("duplicate member %q (names are compared ignoring case)", k)
 			}
-			top.keys[k] = struct{}{}
+			top.keys[f] = struct{}{}
 			top.expectKey = false
 			continue
 		}
@@ -95,6 +99,29 @@ func checkNoDuplicateKeys(js []byte) error {
 			afterValue()
 		}
 	}
+}
+
+// foldName maps a member name to the form under which encoding/json considers two
+// names equal: every rune to upper(lower(r)), which also folds "ſ" to "S" and the
+// Kelvin sign to "K".
+func foldName(k string) string {
+	return strings.Map(func(r rune) rune { return unicode.ToUpper(unicode.ToLower(r)) }, k)
+}
+
+// DecodeStrict unmarshals the JSON object raw into v (a pointer to a struct with
+// json tags) the way the luks2 metadata parser does: it fails when an object repeats
+// a member (ignoring case) or when a member differs from one of v's json names only
+// by case. Packages that parse token JSON (systemd-tpm2, clevis, KMS tokens) should
+// use it, so that they read the token as systemd and cryptsetup (json-c, exact names)
+// read it.
+func DecodeStrict(raw []byte, v any) error {
+	if err := checkNoDuplicateKeys(raw); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
+	if err := decodeStrict(raw, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
+	return nil
 }
 
 // decodeStrict unmarshals the JSON object raw into v (a pointer to one of our json

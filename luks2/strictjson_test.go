@@ -41,6 +41,7 @@ var ambiguousJSONEdits = []struct {
 	{"token duplicate keyslots", `"keyslots":["0"],"blob"`, `"keyslots":["0"],"keyslots":[],"blob"`},
 	{"token case variant keyslots", `"keyslots":["0"],"blob"`, `"keyslots":["0"],"KEYSLOTS":[],"blob"`},
 	{"token unknown member duplicate", `"blob":"AAAA"`, `"blob":"AAAA","blob":"BBBB"`},
+	{"token member case variant", `"pcrs":[7]`, `"pcrs":[7],"PCRS":[]`},
 	{"config case variant", `"json_size":"12288"`, `"json_size":"12288","JSON_SIZE":"12288"`},
 	{"top-level case variant", `"config":{`, `"Config":{},"config":{`},
 	{"duplicate keyslot id", `"keyslots":{"0":{`, `"keyslots":{"0":{},"0":{`},
@@ -71,7 +72,7 @@ func TestMetadataRejectsAmbiguousJSON(t *testing.T) {
 		})
 	}
 	// Unknown members that are no case variant of a known one are kept.
-	js := strings.Replace(orig, `"key_size":64,"af"`, `"key_size":64,"x-vendor":{"a":1,"A":2},"af"`, 1)
+	js := strings.Replace(orig, `"key_size":64,"af"`, `"key_size":64,"x-vendor":{"a":1,"b":2},"af"`, 1)
 	if _, err := parseMetadata([]byte(js), DefaultHeaderSize); err != nil {
 		t.Fatalf("unknown member refused: %v", err)
 	}
@@ -95,7 +96,34 @@ func TestAddTokenRejectsAmbiguousJSON(t *testing.T) {
 			t.Errorf("AddToken(%s) = %v, want ErrInvalidToken", tok, err)
 		}
 	}
-	if _, err := v.AddToken([]byte(`{"type":"x","keyslots":["0"],"u":{"k":1,"K":2}}`), AnyToken); err != nil {
+	if _, err := v.AddToken([]byte(`{"type":"x","keyslots":["0"],"u":{"k":1,"K":2}}`), AnyToken); !errors.Is(err, ErrInvalidToken) {
+		t.Errorf("token with members k and K: %v, want ErrInvalidToken", err)
+	}
+	if _, err := v.AddToken([]byte(`{"type":"x","keyslots":["0"],"u":{"k":1,"j":2}}`), AnyToken); err != nil {
 		t.Errorf("free-form token member refused: %v", err)
+	}
+}
+
+// TestDecodeStrict: token parsers outside luks2 get the same rules through
+// DecodeStrict: the PCR list systemd reads is the one we read.
+func TestDecodeStrict(t *testing.T) {
+	type tok struct {
+		Type string `json:"type"`
+		PCRs []int  `json:"tpm2-pcrs"`
+	}
+	for _, tc := range []struct {
+		js string
+		ok bool
+	}{
+		{`{"type":"systemd-tpm2","tpm2-pcrs":[7]}`, true},
+		{`{"type":"systemd-tpm2","tpm2-pcrs":[7],"TPM2-PCRS":[]}`, false},
+		{`{"type":"systemd-tpm2","TPM2-PCRS":[]}`, false},
+		{`{"type":"systemd-tpm2","tpm2-pcrs":[7],"tpm2-pcrs":[]}`, false},
+	} {
+		var v tok
+		err := DecodeStrict([]byte(tc.js), &v)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrInvalidToken)) {
+			t.Errorf("DecodeStrict(%s) = %v (%+v), want ok=%v", tc.js, err, v, tc.ok)
+		}
 	}
 }
