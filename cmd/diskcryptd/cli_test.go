@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -456,4 +458,63 @@ func TestInsecureKeyFile(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "accessible by group or others") {
 		t.Errorf("a 0644 PIN file was not refused: exit %d: %s", r.code, r.stderr)
 	}
+}
+
+// TestReadSecret: whole input byte for byte across buffer growth, nothing beyond the
+// limit, and every buffer it outgrew wiped.
+func TestReadSecret(t *testing.T) {
+	for _, n := range []int{0, 1, 511, 512, 513, 5000, 1 << 16} {
+		in := bytes.Repeat([]byte{0xA5}, n)
+		got, err := readSecret(&chunkReader{data: in, chunk: 100}, 1<<16)
+		if err != nil || !bytes.Equal(got, in) {
+			t.Fatalf("n=%d: %d bytes, %v", n, len(got), err)
+		}
+	}
+	if _, err := readSecret(bytes.NewReader(make([]byte, 1<<16+1)), 1<<16); !errors.Is(err, ErrSecretTooLarge) {
+		t.Fatalf("over the limit: %v", err)
+	}
+	// The reader keeps every buffer it was handed: all but the result must be wiped.
+	r := &chunkReader{data: bytes.Repeat([]byte{0xA5}, 3000), chunk: 700, keep: true}
+	got, err := readSecret(r, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A buffer is known by the address of its last byte; each slice the reader got
+	// covers the part of its buffer that reads filled.
+	gotEnd := &got[:cap(got)][cap(got)-1]
+	outgrown := 0
+	for i, b := range r.seen {
+		full := b[:cap(b)]
+		if len(full) == 0 || &full[len(full)-1] == gotEnd {
+			continue // the final buffer, which the caller wipes
+		}
+		outgrown++
+		if bytes.IndexByte(full, 0xA5) >= 0 {
+			t.Errorf("read %d: a buffer readSecret outgrew was not wiped", i)
+		}
+	}
+	if outgrown == 0 {
+		t.Fatal("the test never made readSecret grow its buffer")
+	}
+}
+
+// chunkReader returns data a chunk at a time and, with keep, remembers the buffers it
+// was asked to fill.
+type chunkReader struct {
+	data  []byte
+	chunk int
+	keep  bool
+	seen  [][]byte
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if c.keep {
+		c.seen = append(c.seen, p)
+	}
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.chunk)], c.data)
+	c.data = c.data[n:]
+	return n, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -81,7 +82,7 @@ func readKeyFile(e *env, path string) ([]byte, error) {
 		defer f.Close()
 		r = f
 	}
-	b, err := luks2.ReadKeyFile(r)
+	b, err := readSecret(r, luks2.MaxKeyFileSize)
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +90,43 @@ func readKeyFile(e *env, path string) ([]byte, error) {
 		return nil, usageErrorf("key file %s is empty", path)
 	}
 	return b, nil
+}
+
+// ErrSecretTooLarge is returned by readSecret for input beyond its limit.
+var ErrSecretTooLarge = errors.New("key file too large")
+
+// readSecret reads r whole, up to limit bytes, into one buffer it owns: when the buffer
+// must grow, the old one is wiped, so no copy of the secret is left behind in freed
+// memory (io.ReadAll would leave each smaller buffer unwiped). The caller wipes the
+// result.
+func readSecret(r io.Reader, limit int) ([]byte, error) {
+	buf := make([]byte, 0, 512)
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) > limit {
+				clear(buf)
+				return nil, fmt.Errorf("%w: more than %d bytes", ErrSecretTooLarge, limit)
+			}
+			bigger := make([]byte, len(buf), 2*cap(buf))
+			copy(bigger, buf)
+			clear(buf[:cap(buf)])
+			buf = bigger
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			clear(buf[:cap(buf)])
+			return nil, fmt.Errorf("reading key file: %w", err)
+		}
+	}
+	if len(buf) > limit {
+		clear(buf[:cap(buf)])
+		return nil, fmt.Errorf("%w: more than %d bytes", ErrSecretTooLarge, limit)
+	}
+	return buf, nil
 }
 
 // openSecretFile opens a file holding a secret (key file, PIN file) and checks, on the

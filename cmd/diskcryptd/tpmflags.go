@@ -39,7 +39,7 @@ func (t *tpmFlags) pinSource(e *env, envVar string) tpm.PINFunc {
 				return nil, err
 			}
 			defer f.Close()
-			b, err := luks2.ReadKeyFile(f)
+			b, err := readSecret(f, luks2.MaxKeyFileSize)
 			if err != nil {
 				return nil, err
 			}
