@@ -10,6 +10,7 @@ import (
 
 	"github.com/diskcryptd/diskcryptd/internal/tangtest"
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 )
 
 // clevisPassOpens checks that clevis recovers slot's passphrase of img and that
@@ -125,5 +126,42 @@ func TestCLIClevis(t *testing.T) {
 		if strings.Contains(l, string(pass)) {
 			t.Fatalf("output %d carries the keyslot passphrase", i)
 		}
+	}
+}
+
+// TestCLIClevisTPM2AndTang: enroll clevis sss(tpm2 AND tang) against swtpm, unlock
+// --test through both, and clevis opens it too; without the TPM it stays locked.
+func TestCLIClevisTPM2AndTang(t *testing.T) {
+	testpeer.Require(t, "cryptsetup", "clevis", "tpm2_flushcontext")
+	srv := tangtest.Start(t)
+	dev := tpmtest.StartSwtpm(t)
+	key := writeSecret(t, t.TempDir(), "key", "correct horse")
+	img := newClevisImage(t, key)
+	cfg := fmt.Sprintf(`{"t":2,"pins":{"tpm2":{"pcr_ids":"7"},"tang":[{"url":%q,"thp":%q}]}}`, srv.URL, srv.SigningThumbprints()[0])
+	mustCLI(t, "", nil, "enroll", "clevis", "--key-file", key, "--pin", "sss", "--tpm2-device", dev, "--config", cfg, img)
+	list := mustCLI(t, "", nil, "token", "list", img).stdout
+	if want := "sss t=2: tpm2(pcr 7), tang(" + srv.URL + ")"; !strings.Contains(list, want) {
+		t.Fatalf("token list lacks %q:\n%s", want, list)
+	}
+	r := mustCLI(t, "", nil, "unlock", "--test", "--tpm2-device", dev, img)
+	if !strings.Contains(r.stdout, "token 0 (clevis, clevis)") {
+		t.Fatalf("unlock --test: %s", r.stdout)
+	}
+	tcti := "TPM2TOOLS_TCTI=swtpm:path=" + strings.TrimPrefix(dev, "swtpm:path=")
+	cmd := exec.Command("clevis", "luks", "pass", "-d", img, "-s", "1")
+	cmd.Env = append(os.Environ(), tcti)
+	pass, err := cmd.Output()
+	if err != nil || len(pass) == 0 {
+		t.Fatalf("clevis luks pass: %v", err)
+	}
+	peer(t, []string{tcti}, "tpm2_flushcontext", "--loaded-session")
+	open := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-slot", "1", img)
+	open.Stdin = strings.NewReader(string(pass))
+	if out, err := open.CombinedOutput(); err != nil {
+		t.Fatalf("cryptsetup refused clevis's passphrase: %v: %s", err, out)
+	}
+	r = cli(t, "", nil, "unlock", "--test", "--tpm2-device", "swtpm:path="+filepath.Join(t.TempDir(), "none"), img)
+	if r.code != exitPermission || !strings.Contains(r.stderr, "tpm2(pcr 7)") {
+		t.Fatalf("without the TPM: exit %d: %s", r.code, r.stderr)
 	}
 }
