@@ -118,6 +118,9 @@ func (c *clevisFlags) enroller(e *env, tpmDevice string) (unlock.Enroller, error
 // unlockTestMany recovers the volume keys of several devices in parallel, as serve
 // does, sharing one Tang client; it prints one line per device in the order given.
 func unlockTestMany(ctx context.Context, e *env, devices []string, u *unlockFlags) error {
+	if u.keyFile == "-" {
+		return usageErrorf("--key-file - (standard input) serves one device; pass a key file, or unlock the devices one at a time")
+	}
 	lines := make([]string, len(devices))
 	errs := make([]error, len(devices))
 	var wg sync.WaitGroup
