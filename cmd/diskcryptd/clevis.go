@@ -11,6 +11,7 @@ import (
 
 	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/clevis"
+	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/tang"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -81,7 +82,22 @@ func (c *clevisFlags) protector(e *env, tpmDevice string) (unlock.Protector, err
 	if err != nil {
 		return nil, err
 	}
-	return &clevis.Protector{Pins: pins}, nil
+	return auditedClevis{&clevis.Protector{Pins: pins}}, nil
+}
+
+// auditedClevis is the clevis protector that also says, for the audit log, which pin
+// tree (Tang servers, TPM2 PCRs, threshold) a key release went through.
+type auditedClevis struct {
+	*clevis.Protector
+}
+
+var _ daemon.ReleaseDescriber = auditedClevis{}
+
+// DescribeRelease implements daemon.ReleaseDescriber.
+func (auditedClevis) DescribeRelease(_ context.Context, tok unlock.Token, r *audit.Record) {
+	if s := clevisSummary(tok.JSON); s != "" {
+		r.Detail = "clevis " + s
+	}
 }
 
 // enroller returns the enroller of "enroll clevis".

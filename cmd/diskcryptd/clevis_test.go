@@ -143,9 +143,13 @@ func TestCLIClevisTPM2AndTang(t *testing.T) {
 	if want := "sss t=2: tpm2(pcr 7), tang(" + srv.URL + ")"; !strings.Contains(list, want) {
 		t.Fatalf("token list lacks %q:\n%s", want, list)
 	}
-	r := mustCLI(t, "", nil, "unlock", "--test", "--tpm2-device", dev, img)
+	auditLog := filepath.Join(t.TempDir(), "audit.jsonl")
+	r := mustCLI(t, "", map[string]string{"DISKCRYPTD_AUDIT_LOG": auditLog}, "unlock", "--test", "--tpm2-device", dev, img)
 	if !strings.Contains(r.stdout, "token 0 (clevis, clevis)") {
 		t.Fatalf("unlock --test: %s", r.stdout)
+	}
+	if b, err := os.ReadFile(auditLog); err != nil || !strings.Contains(string(b), `"detail":"clevis sss t=2: tpm2(pcr 7), tang(`+srv.URL+`)"`) {
+		t.Fatalf("the audit record does not name the pin tree: %v\n%s", err, b)
 	}
 	tcti := "TPM2TOOLS_TCTI=swtpm:path=" + strings.TrimPrefix(dev, "swtpm:path=")
 	cmd := exec.Command("clevis", "luks", "pass", "-d", img, "-s", "1")
