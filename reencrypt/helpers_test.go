@@ -143,7 +143,7 @@ type fixture struct {
 // newFixture formats size bytes with cryptsetup (sector size ss, pbkdf2 1000) and
 // fills the data area with random plaintext encrypted under the volume key by the
 // reference XTS.
-func newFixture(t testing.TB, dir string, size int64, ss int) *fixture {
+func newFixture(t testing.TB, dir string, size int64, ss int, extra ...string) *fixture {
 	t.Helper()
 	f := &fixture{img: filepath.Join(dir, "img"), kf: filepath.Join(dir, "key"), ss: ss, imageSize: size, dataOff: 16 << 20}
 	if err := os.WriteFile(f.kf, []byte("passphrase"), 0o600); err != nil {
@@ -155,8 +155,15 @@ func newFixture(t testing.TB, dir string, size int64, ss int) *fixture {
 	if err := os.Truncate(f.img, size); err != nil {
 		t.Fatal(err)
 	}
-	cryptsetup(t, "luksFormat", "--batch-mode", "--type", "luks2", "--sector-size", strconv.Itoa(ss), "--pbkdf", "pbkdf2",
-		"--pbkdf-force-iterations", "1000", "--key-file", f.kf, f.img)
+	args := append([]string{"luksFormat", "--batch-mode", "--type", "luks2", "--sector-size", strconv.Itoa(ss), "--pbkdf", "pbkdf2",
+		"--pbkdf-force-iterations", "1000", "--key-file", f.kf}, extra...)
+	cryptsetup(t, append(args, f.img)...)
+	v, err := luks2.OpenFile(f.img, luks2.ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.dataOff = v.Metadata().DataOffset
+	v.Close()
 	f.key = dumpKey(t, f.img, f.kf)
 	f.plain = make([]byte, size-f.dataOff)
 	rand.Read(f.plain)

@@ -22,12 +22,24 @@ import (
 func TestRotateCryptsetupReads(t *testing.T) {
 	testpeer.Require(t, "cryptsetup")
 	for _, c := range []struct {
-		ss  int
-		res string
-		hz  int64
-	}{{4096, "checksum", 1 << 20}, {512, "checksum", 3 << 20}, {4096, "journal", 0}} {
-		t.Run(c.res+"-"+strconv.Itoa(c.ss), func(t *testing.T) {
-			f := newFixture(t, t.TempDir(), 24<<20, c.ss)
+		ss    int
+		res   string
+		hz    int64
+		extra []string
+	}{
+		{4096, "checksum", 1 << 20, nil},
+		{512, "checksum", 3 << 20, nil},
+		{4096, "journal", 0, nil},
+		{4096, "checksum", 0, []string{"--key-size", "256"}},
+		// A data area that is not a whole number of 4 KiB checksum blocks.
+		{512, "checksum", 1 << 20, []string{"+512"}},
+	} {
+		t.Run(c.res+"-"+strconv.Itoa(c.ss)+strings.Join(c.extra, ""), func(t *testing.T) {
+			size := int64(24 << 20)
+			if len(c.extra) == 1 && c.extra[0] == "+512" {
+				size, c.extra = size+512, nil
+			}
+			f := newFixture(t, t.TempDir(), size, c.ss, c.extra...)
 			o := &Options{Resilience: c.res, HotzoneSize: c.hz, Keyslot: keyslotFast, DigestIterations: 1000}
 			if err := rotateFile(t, f.img, []byte("passphrase"), o); err != nil {
 				t.Fatal(err)
