@@ -59,6 +59,14 @@
 // about 16 MiB by default). Interrupting a run (context cancelled, SIGINT in the CLI)
 // stops after the current hotzone's post commit; the run returns ErrInterrupted.
 //
+// # Exclusivity
+//
+// Rotate and Resume work on the Device they are given and take no lock; `diskcryptd
+// reencrypt` holds the device's metadata lock (package luks2, the lock cryptsetup
+// takes) for the whole run, so a concurrent cryptsetup reencrypt or header change
+// waits until the run ends, and opens a block device O_EXCL, which Linux refuses
+// while it is mounted or mapped.
+//
 // # Speed
 //
 // While hotzone k is decrypted, encrypted and written, hotzone k+1 is read and

@@ -135,3 +135,32 @@ type progressJSON struct {
 	Total    int64 `json:"total_bytes"`
 	Finished bool  `json:"finished"`
 }
+
+// TestCryptsetupWaitsForOurRun starts `cryptsetup reencrypt --resume-only` while
+// `diskcryptd reencrypt` runs: it waits for the device's metadata lock, then finds
+// nothing to do, and the data is intact.
+func TestCryptsetupWaitsForOurRun(t *testing.T) {
+	cs := testpeer.Path(t, "cryptsetup")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "diskcryptd")
+	if out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "../cmd/diskcryptd").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	f := newFixture(t, t.TempDir(), 80<<20, 4096)
+	ours := exec.Command(bin, "reencrypt", "--key-file", f.kf, "--hotzone-size", "1M", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", f.img)
+	if err := ours.Start(); err != nil {
+		t.Fatal(err)
+	}
+	base := seqid(t, f.img)
+	for seqid(t, f.img) < base+4 {
+		time.Sleep(100 * time.Microsecond)
+	}
+	out, err := exec.Command(cs, "reencrypt", "--resume-only", "--force-offline-reencrypt", "--batch-mode", "--key-file", f.kf, f.img).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "not in progress") {
+		t.Fatalf("cryptsetup did not wait for our run: %v %s", err, out)
+	}
+	if err := ours.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	f.checkPython(t)
+}

@@ -58,6 +58,18 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 		return withCode(exitDevice, "", err)
 	}
 	defer fh.Close()
+	// Hold the device's metadata lock (cryptsetup's) for the whole run: cryptsetup
+	// and other diskcryptd commands wait instead of writing the header meanwhile.
+	lv, err := luks2.OpenFile(dev, luks2.ReadWrite)
+	if err != nil {
+		return err
+	}
+	defer lv.Close()
+	release, err := lv.LockMetadata(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	prog := newProgressPrinter(e.stdout, *jsonOut)
 	o := &reencrypt.Options{
 		Keyslot:           luks2.KeyslotOptions{KDF: kdf.options()},
