@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/diskcryptd/diskcryptd/internal/testimg"
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/unlock"
@@ -21,16 +21,9 @@ import (
 func newVolume(t *testing.T) (img, keyFile string) {
 	t.Helper()
 	testpeer.Require(t, "cryptsetup")
-	dir := t.TempDir()
-	img, keyFile = filepath.Join(dir, "img"), filepath.Join(dir, "key")
+	img = testimg.Sparse(t, 20<<20)
+	keyFile = filepath.Join(t.TempDir(), "key")
 	if err := os.WriteFile(keyFile, []byte("existing passphrase"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(img)
-	if err == nil {
-		err = errors.Join(f.Truncate(20<<20), f.Close())
-	}
-	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, nil, nil, "cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",

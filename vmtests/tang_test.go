@@ -2,7 +2,6 @@ package vmtests
 
 import (
 	"fmt"
-	"net/url"
 	"strings"
 	"testing"
 
@@ -19,17 +18,11 @@ func TestTangSSSBoot(t *testing.T) {
 	need(t, e, "diskcryptd")
 	testpeer.Require(t, "socat")
 	srv := tangtest.Start(t)
-	u, err := url.Parse(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hostPort int
-	fmt.Sscan(u.Port(), &hostPort)
 	const guestPort = 7500
 	tangURL := fmt.Sprintf("http://%s:%d", GuestAddr, guestPort)
 
 	f := newFixture(t, e)
-	f.m.GuestFwd = []GuestFwd{{GuestPort: guestPort, HostPort: hostPort}}
+	f.m.GuestFwd = []GuestFwd{{GuestPort: guestPort, HostPort: srv.Port()}}
 	cfg := fmt.Sprintf(`{"t":2,"pins":{"tpm2":{"pcr_ids":"7"},"tang":[{"url":"%s","thp":"%s"}]}}`, tangURL, srv.SigningThumbprints()[0])
 	serve := "{ echo 'socket none'; echo 'audit-log none'; echo 'token-timeout 20s'; echo \"volume data $(disk data0)\"; } > /run/diskcryptd.conf\n" +
 		"diskcryptd serve --once --config /run/diskcryptd.conf"

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/diskcryptd/diskcryptd/internal/tangtest"
+	"github.com/diskcryptd/diskcryptd/internal/testimg"
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 )
@@ -31,14 +32,7 @@ func clevisPassOpens(t *testing.T, img string, slot int) {
 
 func newClevisImage(t *testing.T, key string) string {
 	t.Helper()
-	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 20<<20); err != nil {
-		t.Fatal(err)
-	}
+	img := testimg.Sparse(t, 20<<20)
 	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
 	return img
 }

@@ -32,15 +32,8 @@ func TestTangUnlockSpeedReport(t *testing.T) {
 	}
 	key := writeSecret(t, dir, "key", "correct horse")
 	var imgs []string
-	for i := range n {
-		img := filepath.Join(dir, fmt.Sprintf("v%02d.img", i))
-		if err := os.WriteFile(img, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(img, 20<<20); err != nil {
-			t.Fatal(err)
-		}
-		mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+	for range n {
+		img := newClevisImage(t, key)
 		mustCLI(t, "", nil, "enroll", "clevis", "--key-file", key, "--pin", "tang",
 			"--tang-thumbprint", srv.SigningThumbprints()[0], "--config", fmt.Sprintf(`{"url":%q}`, srv.URL), img)
 		imgs = append(imgs, img)

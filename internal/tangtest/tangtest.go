@@ -78,6 +78,9 @@ func (s *Server) Serve() {
 	}
 }
 
+// Port returns the server's port on 127.0.0.1.
+func (s *Server) Port() int { return s.port }
+
 // Stop kills the server's process group (socat and any tangd it forked).
 func (s *Server) Stop() {
 	if s.cmd == nil {
