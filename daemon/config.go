@@ -61,7 +61,8 @@ type Config struct {
 	AuditLog string
 	// KMIPCA, KMIPCert and KMIPKey ("kmip-ca", "kmip-cert", "kmip-key" PATH) are the
 	// mutual-TLS identity for KMIP tokens: the CA of the KMS servers, this host's
-	// client certificate and its key (PEM files). All three or none.
+	// client certificate and its key (PEM files; the key may be "tpm2:/PATH", a
+	// TPM-held key blob from "diskcryptd kms csr"). All three or none.
 	KMIPCA, KMIPCert, KMIPKey string
 	// TangTimeout bounds each request to a Tang server (0: 5 s).
 	TangTimeout time.Duration
@@ -168,8 +169,8 @@ func ParseConfig(r io.Reader) (*Config, error) {
 			}
 			c.TPMSignature = f[1]
 		case "kmip-ca", "kmip-cert", "kmip-key":
-			if len(f) != 2 || !strings.HasPrefix(f[1], "/") {
-				return nil, bad("want: %s /PATH (a PEM file)", f[0])
+			if len(f) != 2 || !(strings.HasPrefix(f[1], "/") || (f[0] == "kmip-key" && strings.HasPrefix(f[1], "tpm2:/"))) {
+				return nil, bad("want: %s /PATH (a PEM file; for kmip-key also tpm2:/PATH, a TPM-held key)", f[0])
 			}
 			switch f[0] {
 			case "kmip-ca":

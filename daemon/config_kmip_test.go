@@ -15,9 +15,11 @@ func TestParseConfigKMIP(t *testing.T) {
 	}{
 		{all, "/etc/d/ca.pem", false},
 		{"", "", false},
-		{"kmip-ca /etc/d/ca.pem\n", "", true},                        // not all three
-		{strings.Replace(all, "/etc/d/c.key", "c.key", 1), "", true}, // relative
-		{strings.Replace(all, "/etc/d/c.key", "/a /b", 1), "", true}, // two values
+		{strings.Replace(all, "/etc/d/c.key", "tpm2:/etc/d/c.tpm2key", 1), "/etc/d/ca.pem", false},
+		{strings.Replace(all, "/etc/d/ca.pem", "tpm2:/etc/d/ca.pem", 1), "", true}, // only the key may live in the TPM
+		{"kmip-ca /etc/d/ca.pem\n", "", true},                                      // not all three
+		{strings.Replace(all, "/etc/d/c.key", "c.key", 1), "", true},               // relative
+		{strings.Replace(all, "/etc/d/c.key", "/a /b", 1), "", true},               // two values
 	} {
 		c, err := ParseConfig(strings.NewReader(tc.in))
 		if tc.err {

@@ -166,6 +166,12 @@ type ctxTPM struct {
 	t   transport.TPM
 }
 
+// WithContext returns a transport that refuses to send once ctx is done, bounds socket
+// I/O by ctx's deadline and resends commands the TPM did not start (TPM_RC_RETRY,
+// TPM_RC_YIELDED, TPM_RC_TESTING): for callers outside this package that execute
+// go-tpm commands themselves.
+func WithContext(ctx context.Context, t transport.TPM) transport.TPM { return withContext(ctx, t) }
+
 // withContext returns a transport that refuses to send once ctx is done.
 func withContext(ctx context.Context, t transport.TPM) transport.TPM {
 	return ctxTPM{ctx: ctx, t: t}

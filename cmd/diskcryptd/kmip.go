@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,8 +13,11 @@ import (
 	"github.com/diskcryptd/diskcryptd/audit"
 	"github.com/diskcryptd/diskcryptd/daemon"
 	"github.com/diskcryptd/diskcryptd/kms"
+	"github.com/diskcryptd/diskcryptd/kms/tpmkey"
 	"github.com/diskcryptd/diskcryptd/luks2"
+	"github.com/diskcryptd/diskcryptd/tpm"
 	"github.com/diskcryptd/diskcryptd/unlock"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 // kmipFlags are the KMIP flags shared by enroll kmip, unlock and kms.
@@ -25,12 +29,14 @@ type kmipFlags struct {
 	kek     string
 	mode    string
 	attempt time.Duration
+	// tpmDevice is the TPM of a --kmip-key tpm2:FILE key.
+	tpmDevice string
 }
 
 func (k *kmipFlags) register(f *flagSet, enroll bool) {
 	f.StringVar(&k.ca, "kmip-ca", "", "PEM file of the CA that signs the KMIP servers' certificates")
 	f.StringVar(&k.cert, "kmip-cert", "", "PEM file of this host's client certificate")
-	f.StringVar(&k.key, "kmip-key", "", "PEM file of this host's client key")
+	f.StringVar(&k.key, "kmip-key", "", "PEM file of this host's client key, or tpm2:FILE for a key held by the TPM (kms csr)")
 	f.DurationVar(&k.attempt, "kmip-attempt-timeout", 5*time.Second, "bound of one KMIP attempt (connect, TLS, response)")
 	if enroll {
 		f.StringVar(&k.servers, "kmip-server", "", "KMIP servers HOST:PORT[,HOST:PORT...], tried in order")
@@ -49,13 +55,27 @@ func (k *kmipFlags) protector(e *env) (*kms.Protector, error) {
 	if k.ca == "" || k.cert == "" || k.key == "" {
 		return nil, usageErrorf("KMIP needs mutual TLS: pass --kmip-ca, --kmip-cert and --kmip-key")
 	}
-	return newKMIPProtector(e, k.ca, k.cert, k.key, k.servers, k.attempt)
+	return newKMIPProtector(e, k.ca, k.cert, k.key, k.tpmDevice, k.servers, k.attempt)
 }
 
 // newKMIPProtector builds a KMIP protector from PEM files (shared by the flags and
-// the daemon's configuration).
-func newKMIPProtector(e *env, ca, cert, key, servers string, attempt time.Duration) (*kms.Protector, error) {
-	id, err := kms.TLSFiles(ca, cert, key, nil)
+// the daemon's configuration); key "tpm2:FILE" is a TPM-held key on tpmDevice.
+func newKMIPProtector(e *env, ca, cert, key, tpmDevice, servers string, attempt time.Duration) (*kms.Protector, error) {
+	var signer crypto.Signer
+	if blobFile, ok := strings.CutPrefix(key, "tpm2:"); ok {
+		blob, err := tpmkey.ReadFile(blobFile)
+		if err != nil {
+			return nil, withCode(exitUsage, "", err)
+		}
+		s, err := tpmkey.NewSigner(blob, func(ctx context.Context) (transport.TPMCloser, error) {
+			return tpm.OpenContext(ctx, tpmDevice)
+		})
+		if err != nil {
+			return nil, withCode(exitUsage, "", err)
+		}
+		signer, key = s, ""
+	}
+	id, err := kms.TLSFiles(ca, cert, key, signer)
 	if err != nil {
 		return nil, withCode(exitUsage, "", err)
 	}
@@ -110,6 +130,7 @@ func cmdEnrollKMIP(ctx context.Context, e *env, args []string) error {
 	keyFile := f.String("key-file", "", "an existing passphrase, key file or recovery key (- for stdin)")
 	var kf kmipFlags
 	kf.register(f, true)
+	f.StringVar(&kf.tpmDevice, "tpm2-device", "", "TPM holding a --kmip-key tpm2:FILE key")
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err
@@ -193,6 +214,7 @@ func cmdKMSRewrap(ctx context.Context, e *env, args []string) error {
 	var kf kmipFlags
 	kf.register(f, false)
 	f.StringVar(&kf.kek, "kmip-kek", "", "UID of the new KEK (create and activate it in the KMS first)")
+	f.StringVar(&kf.tpmDevice, "tpm2-device", "", "TPM holding a --kmip-key tpm2:FILE key")
 	tokenID := f.Int("token-id", -1, "rewrap only this token (default: every diskcryptd-kmip wrap token)")
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
@@ -260,7 +282,7 @@ func daemonKMIP(e *env, cfg *daemon.Config) (unlock.Protector, []io.WriterTo, er
 	if cfg.KMIPCA == "" {
 		return kmipUnconfigured{}, nil, nil
 	}
-	p, err := newKMIPProtector(e, cfg.KMIPCA, cfg.KMIPCert, cfg.KMIPKey, "", 0)
+	p, err := newKMIPProtector(e, cfg.KMIPCA, cfg.KMIPCert, cfg.KMIPKey, cfg.TPMDevice, "", 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -10,6 +14,7 @@ import (
 
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 	"github.com/diskcryptd/diskcryptd/kms/kmiptest"
+	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 )
 
 // TestCLIKMIP drives enroll kmip, unlock, kms rewrap and a revocation against a real
@@ -54,7 +59,7 @@ func TestCLIKMIP(t *testing.T) {
 	}
 
 	// KEK rotation: a new KEK, rewrap, revoke the old one; the keyslot is untouched.
-	admin, err := newKMIPProtector(&env{log: hclog.NewNullLogger()}, srv.CA.CertFile, srv.Client.CertFile, srv.Client.KeyFile, "", 0)
+	admin, err := newKMIPProtector(&env{log: hclog.NewNullLogger()}, srv.CA.CertFile, srv.Client.CertFile, srv.Client.KeyFile, "", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,4 +114,45 @@ func keyslotJSON(t *testing.T, img, id string) string {
 		t.Fatalf("no keyslot %s in cryptsetup's metadata: %v\n%s", id, err, out)
 	}
 	return string(meta.Keyslots[id])
+}
+
+// TestCLIKMSCSR: kms csr makes the client key in one swtpm and a CSR; with the
+// certificate the CA issues, enroll kmip and unlock work with --kmip-key tpm2:FILE on
+// that TPM, and unlock fails on a second swtpm (the blob does not load there).
+func TestCLIKMSCSR(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	a, b := tpmtest.StartSwtpm(t), tpmtest.StartSwtpm(t)
+	srv := kmiptest.Start(t)
+	dir := t.TempDir()
+	csrFile := filepath.Join(dir, "host.csr")
+	r := mustCLI(t, "", nil, "kms", "csr", "--tpm2-device", a, "--subject", "CN="+srv.Client.CN+",O=dc1", "--out", csrFile)
+	blobFile := filepath.Join(dir, "host.tpm2key")
+	if !strings.Contains(r.stdout, "tpm2:"+blobFile) {
+		t.Fatalf("kms csr: %s", r.stdout)
+	}
+	if st, err := os.Stat(blobFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key blob: %v %v", st, err)
+	}
+	pemBytes, _ := os.ReadFile(csrFile)
+	blk, _ := pem.Decode(pemBytes)
+	if blk == nil {
+		t.Fatalf("no PEM CSR in %s", csrFile)
+	}
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil || csr.CheckSignature() != nil || csr.Subject.CommonName != srv.Client.CN {
+		t.Fatalf("CSR: %v %+v", err, csr)
+	}
+	cert := srv.CA.IssuePublic(t, csr.Subject.CommonName, false, csr.PublicKey)
+	tlsFlags := func(dev string) []string {
+		return []string{"--kmip-ca", srv.CA.CertFile, "--kmip-cert", cert, "--kmip-key", "tpm2:" + blobFile, "--tpm2-device", dev}
+	}
+	img := newImage(t, dir, 40)
+	key := writeSecret(t, dir, "key", "correct horse tpm key")
+	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+	mustCLI(t, "", nil, append(append([]string{"enroll", "kmip", "--key-file", key, "--kmip-server", srv.Addr}, tlsFlags(a)...), img)...)
+	mustCLI(t, "", nil, append(append([]string{"unlock", "--test"}, tlsFlags(a)...), img)...)
+	r = cli(t, "", nil, append(append([]string{"unlock", "--test"}, tlsFlags(b)...), img)...)
+	if r.code != exitPermission || !strings.Contains(r.stderr, "does not load on this TPM") {
+		t.Fatalf("unlock with the key blob on another TPM: exit %d\n%s", r.code, r.stderr)
+	}
 }

@@ -114,6 +114,7 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 		return nil, "", err
 	}
 	prots := []unlock.Protector{cp, auditedTPM{p, u.tpm.device}}
+	u.kmip.tpmDevice = u.tpm.device
 	kp, err := u.kmip.unlockProtector(e)
 	if err != nil {
 		return nil, "", err

@@ -11,6 +11,7 @@ package kmiptest
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -24,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -106,8 +108,23 @@ func (ca *CA) Issue(t testing.TB, cn string, server bool) *Identity {
 	return ca.IssueFor(t, cn, server, key)
 }
 
-// IssueFor is Issue for an existing key (public part of pub).
+// IssueFor is Issue for an existing key.
 func (ca *CA) IssueFor(t testing.TB, cn string, server bool, key *ecdsa.PrivateKey) *Identity {
+	t.Helper()
+	id := &Identity{CN: cn, Key: key}
+	id.CertFile = ca.IssuePublic(t, cn, server, &key.PublicKey)
+	id.KeyFile = strings.TrimSuffix(id.CertFile, ".pem") + ".key"
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, id.KeyFile, "PRIVATE KEY", pk, 0o600)
+	return id
+}
+
+// IssuePublic certifies pub (e.g. from a CSR whose key stays in a TPM) for cn and
+// returns the certificate's PEM file.
+func (ca *CA) IssuePublic(t testing.TB, cn string, server bool, pub crypto.PublicKey) string {
 	t.Helper()
 	ca.mu.Lock()
 	ca.serial++
@@ -125,19 +142,13 @@ func (ca *CA) IssueFor(t testing.TB, cn string, server bool, key *ecdsa.PrivateK
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		tmpl.IPAddresses = append([]net.IP{net.IPv4(127, 0, 0, 1)}, ca.ServerIPs...)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := filepath.Join(ca.dir, fmt.Sprintf("%s-%d", cn, serial))
-	id := &Identity{CN: cn, CertFile: base + ".pem", KeyFile: base + ".key", Key: key}
-	writePEM(t, id.CertFile, "CERTIFICATE", der, 0o644)
-	pk, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, id.KeyFile, "PRIVATE KEY", pk, 0o600)
-	return id
+	p := filepath.Join(ca.dir, fmt.Sprintf("%s-%d.pem", cn, serial))
+	writePEM(t, p, "CERTIFICATE", der, 0o644)
+	return p
 }
 
 // Server is a running pykmip-server.
