@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/diskcryptd/diskcryptd/blockdev"
+	"github.com/diskcryptd/diskcryptd/blockdev/probe"
 )
 
 // ErrTailInUse means in-place encryption would overwrite data: the filesystem (or
@@ -25,7 +25,7 @@ func CheckTailFree(r io.ReaderAt, size, reduce int64) (string, error) {
 		return "", fmt.Errorf("%w: reduce size %d of a %d-byte device", ErrTailInUse, reduce, size)
 	}
 	limit := size - reduce
-	sig, err := blockdev.Probe(r, size)
+	sig, err := probe.Probe(r, size)
 	if err != nil {
 		return "", err
 	}
