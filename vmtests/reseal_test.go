@@ -2,13 +2,8 @@ package vmtests
 
 import (
 	"bytes"
-	"fmt"
-	"net/url"
 	"strings"
 	"testing"
-
-	"github.com/diskcryptd/diskcryptd/internal/tangtest"
-	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
 // TestResealAfterFirmwareUpdate is issue 11's fleet scenario. Boot 1 provisions a
@@ -23,19 +18,10 @@ import (
 func TestResealAfterFirmwareUpdate(t *testing.T) {
 	e := setup(t)
 	need(t, e, "diskcryptd")
-	testpeer.Require(t, "socat")
-	srv := tangtest.Start(t)
-	u, err := url.Parse(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hostPort int
-	fmt.Sscan(u.Port(), &hostPort)
-	const guestPort = 7501
-	tangURL := fmt.Sprintf("http://%s:%d", GuestAddr, guestPort)
+	srv, tangURL, fwd := startTang(t, 7501)
 
 	f := newFixture(t, e)
-	f.m.GuestFwd = []GuestFwd{{GuestPort: guestPort, HostPort: hostPort}}
+	f.m.GuestFwd = []GuestFwd{fwd}
 	serve := "{ echo 'socket none'; echo 'audit-log /run/audit.jsonl'; echo 'token-timeout 30s'; echo \"volume data $(disk data0) reseal=tpm2\"; } > /run/diskcryptd.conf\n" +
 		"diskcryptd serve --once --config /run/diskcryptd.conf"
 	// The new firmware's measurements, taken at every boot after the update.

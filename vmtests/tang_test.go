@@ -9,6 +9,15 @@ import (
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 )
 
+// startTang starts tangd on the host and returns it, its URL as the guest sees it at
+// guestPort, and the forward that takes the guest there.
+func startTang(t *testing.T, guestPort int) (*tangtest.Server, string, GuestFwd) {
+	t.Helper()
+	testpeer.Require(t, "socat")
+	srv := tangtest.Start(t)
+	return srv, fmt.Sprintf("http://%s:%d", GuestAddr, guestPort), GuestFwd{GuestPort: guestPort, HostPort: srv.Port()}
+}
+
 // TestTangSSSBoot: a guest whose only way out is a guestfwd to tangd on the host
 // (user networking, restrict=on) enrolls sss(tpm2 AND tang) with clevis's
 // configuration; "serve --once" unlocks the volume through both; with tangd stopped
@@ -16,13 +25,10 @@ import (
 func TestTangSSSBoot(t *testing.T) {
 	e := setup(t)
 	need(t, e, "diskcryptd")
-	testpeer.Require(t, "socat")
-	srv := tangtest.Start(t)
-	const guestPort = 7500
-	tangURL := fmt.Sprintf("http://%s:%d", GuestAddr, guestPort)
+	srv, tangURL, fwd := startTang(t, 7500)
 
 	f := newFixture(t, e)
-	f.m.GuestFwd = []GuestFwd{{GuestPort: guestPort, HostPort: srv.Port()}}
+	f.m.GuestFwd = []GuestFwd{fwd}
 	cfg := fmt.Sprintf(`{"t":2,"pins":{"tpm2":{"pcr_ids":"7"},"tang":[{"url":"%s","thp":"%s"}]}}`, tangURL, srv.SigningThumbprints()[0])
 	serve := "{ echo 'socket none'; echo 'audit-log none'; echo 'token-timeout 20s'; echo \"volume data $(disk data0)\"; } > /run/diskcryptd.conf\n" +
 		"diskcryptd serve --once --config /run/diskcryptd.conf"
