@@ -312,13 +312,12 @@ func classify(ctx context.Context, err error) (class string, final bool) {
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return "timeout", false
 	case errors.As(err, &te):
-		// A certificate the server or we reject stays rejected.
+		// A certificate the server or we reject stays rejected: final for that server.
+		// (A TLS alert carries no type to test; its text names the certificate.)
 		var ce *tls.CertificateVerificationError
-		if errors.As(err, &ce) || strings.Contains(err.Error(), "certificate") || strings.Contains(err.Error(), "bad_certificate") {
-			return "tls", false
-		}
-		if errors.As(err, &ne) && ne.Timeout() {
-			return "timeout", false
+		var oe *net.OpError
+		if errors.As(err, &ce) || (errors.As(err, &oe) && oe.Op == "remote error" && strings.Contains(oe.Err.Error(), "certificate")) {
+			return "tls", true
 		}
 		return "tls", false
 	case errors.Is(err, syscall.ECONNREFUSED):
