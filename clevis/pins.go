@@ -210,7 +210,9 @@ func octKey(b []byte) ([]byte, error) {
 	return key, nil
 }
 
-// decryptSSS decrypts the shares concurrently and stops at t.
+// decryptSSS decrypts the shares concurrently and stops at t: the others are
+// cancelled, and it returns once they have all returned (no work left running, no
+// late log line), wiping what they decrypted.
 func (p *Pins) decryptSSS(ctx context.Context, j *JWE) ([]byte, error) {
 	s := j.Clevis.SSS
 	prime, err := parsePrime(s.P)
@@ -218,7 +220,6 @@ func (p *Pins) decryptSSS(ctx context.Context, j *JWE) ([]byte, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	type result struct {
 		i   int
 		pt  []byte
@@ -233,29 +234,29 @@ func (p *Pins) decryptSSS(ctx context.Context, j *JWE) ([]byte, error) {
 	}
 	var points [][]byte
 	var errs []error
+	pending := len(j.Children)
 	defer func() {
+		cancel()
+		for ; pending > 0; pending-- {
+			if r := <-ch; r.pt != nil {
+				clear(r.pt)
+			}
+		}
 		for _, pt := range points {
 			clear(pt)
 		}
 	}()
-	for range j.Children {
+	for pending > 0 && len(points) < s.T && len(errs) <= len(j.Children)-s.T {
 		r := <-ch
+		pending--
 		if r.err != nil {
 			errs = append(errs, fmt.Errorf("share %d (%s): %w", r.i, describe(j.Children[r.i]), r.err))
-			if len(errs) > len(j.Children)-s.T {
-				cancel()
-				return nil, fmt.Errorf("clevis: sss t=%d: %d of %d shares failed: %w", s.T, len(errs), len(j.Children), errors.Join(errs...))
-			}
 			continue
 		}
 		points = append(points, r.pt)
-		if len(points) == s.T {
-			cancel() // the others are not needed
-			break
-		}
 	}
 	if len(points) < s.T {
-		return nil, fmt.Errorf("clevis: sss t=%d: only %d shares: %w", s.T, len(points), errors.Join(errs...))
+		return nil, fmt.Errorf("clevis: sss t=%d: %d of %d shares failed: %w", s.T, len(errs), len(j.Children), errors.Join(errs...))
 	}
 	key, err := recoverSecret(prime, points)
 	if err != nil {
@@ -266,14 +267,6 @@ func (p *Pins) decryptSSS(ctx context.Context, j *JWE) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (shares that decrypt to the wrong point?)", err)
 	}
-	// Late answers of cancelled shares are wiped as they arrive.
-	go func(n int) {
-		for range n {
-			if r := <-ch; r.pt != nil {
-				clear(r.pt)
-			}
-		}
-	}(len(j.Children) - len(points) - len(errs))
 	return pt, nil
 }
 
