@@ -108,6 +108,18 @@ func testEnrollUnseal(t *testing.T, f *fixture) {
 			t.Logf("token: %s", tok.JSON)
 		})
 	}
+	// get mode with an existing 32-byte symmetric key the KMS team registered.
+	t.Run("get-symmetric-key", func(t *testing.T) {
+		uid, err := f.p.CreateKEK(t.Context(), []string{f.srv.Addr}, "operator-made-secret")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pass, tok := f.enroll(t, kms.Enrollment{Keyslot: 2, Mode: kms.ModeGet, KEK: uid})
+		got, err := f.p.Unseal(t.Context(), tok)
+		if err != nil || !bytes.Equal(got, pass) {
+			t.Fatalf("unseal: %v", err)
+		}
+	})
 	if n := f.srv.Requests(); n == 0 {
 		t.Errorf("server log counted no requests")
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 )
 
@@ -165,6 +166,40 @@ var crashOps = []crashOp{
 			}
 			if done && !hasToken(v, 0) {
 				t.Error("token missing after a completed add")
+			}
+		},
+	},
+	{
+		// A KMS token rewrapped under a new KEK (diskcryptd kms rewrap): after any cut
+		// the token is the old one or the new one, never missing or mixed.
+		name: "token replace",
+		setup: func(t *testing.T) []byte {
+			img := memFormat(t, crashSize, "old", crashFormatOpts())
+			d := newMemDev(img, -1)
+			v, err := OpenDevice(d, crashSize, ReadWrite)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := v.AddToken([]byte(`{"type":"diskcryptd-kmip","keyslots":["0"],"kek_uid":"old"}`), 0); err != nil {
+				t.Fatal(err)
+			}
+			return d.cur
+		},
+		op: func(v *Volume, vk *VolumeKey) error {
+			return v.ReplaceToken(0, []byte(`{"type":"diskcryptd-kmip","keyslots":["0"],"kek_uid":"new"}`))
+		},
+		check: func(t *testing.T, v *Volume, done bool) {
+			if !unlocks(v, "old") {
+				t.Error("passphrase no longer opens the volume")
+			}
+			got, err := v.ExportToken(0)
+			switch {
+			case err != nil:
+				t.Errorf("token missing after a cut replace: %v", err)
+			case done && !strings.Contains(string(got), `"new"`):
+				t.Errorf("token after a completed replace: %s", got)
+			case !strings.Contains(string(got), `"kek_uid":"old"`) && !strings.Contains(string(got), `"kek_uid":"new"`):
+				t.Errorf("token neither old nor new: %s", got)
 			}
 		},
 	},
