@@ -26,16 +26,19 @@ func resealer(e *env, device string, al *audit.Logger) *reseal.Resealer {
 }
 
 func cmdReseal(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "reseal", "[--tpm2-device DEV] [--key-file F] DEVICE")
+	f := newFlags(e, "reseal", "[--tpm2-device DEV] [clevis and KMIP flags] [--key-file F] DEVICE")
 	keyFile := f.String("key-file", "", "a passphrase, key file or recovery key (- for stdin), when no other token opens the volume")
-	timeout := f.Duration("token-timeout", 30*time.Second, "deadline for each token")
-	var tf tpmFlags
-	tf.register(f, false)
+	var u unlockFlags
+	f.DurationVar(&u.timeout, "token-timeout", 30*time.Second, "deadline for each token")
+	u.tpm.register(f, false)
+	u.clevis.register(f)
+	u.kmip.register(f, false)
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	prot, err := tf.protector(e, false)
+	tf := u.tpm
+	prots, err := u.protectors(e)
 	if err != nil {
 		return err
 	}
@@ -46,9 +49,8 @@ func cmdReseal(ctx context.Context, e *env, args []string) error {
 	defer v.Close()
 	al := auditLogger(e)
 	// Try the tokens: that finds the stale TPM2 tokens, and may open the volume
-	// through another one.
-	prots := []unlock.Protector{auditedTPM{prot, tf.device}}
-	vk, rep, terr := daemon.RecoverKey(ctx, v, prots, *timeout, e.log)
+	// through another one (Tang, KMS).
+	vk, rep, terr := daemon.RecoverKey(ctx, v, prots, u.timeout, e.log)
 	daemon.EmitReleases(ctx, al, rep, prots, volumeRecord(audit.KindKeyRelease, pos[0], v))
 	var opened []int
 	if terr == nil {

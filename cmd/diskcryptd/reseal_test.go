@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/diskcryptd/diskcryptd/audit"
+	"github.com/diskcryptd/diskcryptd/internal/tangtest"
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 )
 
@@ -118,5 +121,31 @@ func TestServeResealsAfterFallback(t *testing.T) {
 	raw, _ := os.ReadFile(logPath)
 	if strings.Contains(string(raw), rec) || strings.Contains(string(raw), "provisioning passphrase") {
 		t.Fatal("a secret reached the audit log")
+	}
+}
+
+// TestResealThroughTang: diskcryptd reseal by hand needs no key file when another
+// token (here Tang, through clevis) opens the volume.
+func TestResealThroughTang(t *testing.T) {
+	testpeer.Require(t, "socat")
+	spec := tpmtest.StartSwtpm(t)
+	srv := tangtest.Start(t)
+	dir := t.TempDir()
+	img := newImage(t, dir, 40)
+	key := writeSecret(t, dir, "key", "pw")
+	env := map[string]string{audit.EnvPath: filepath.Join(dir, "audit.jsonl")}
+	mustCLI(t, "", env, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+	mustCLI(t, "", env, "enroll", "tpm2", "--key-file", key, "--tpm2-device", spec, "--tpm2-pcrs", "16", img)
+	mustCLI(t, "", env, "enroll", "clevis", "--key-file", key, "--pin", "tang", "--tang-thumbprint", srv.SigningThumbprints()[0],
+		"--config", fmt.Sprintf(`{"url":%q}`, srv.URL), img)
+	mustCLI(t, "", env, "keyslot", "remove", "--slot", "0", img)
+	mustCLI(t, "", env, "pcr", "extend", "--tpm2-device", spec, "--pcr", "16", "--data", "firmware 2.0")
+	out := mustCLI(t, "", env, "reseal", "--tpm2-device", spec, img).stdout
+	if !strings.Contains(out, "TPM2 token 0 (keyslots [1]) resealed as token 0") {
+		t.Fatalf("reseal through Tang: %s", out)
+	}
+	srv.Stop()
+	if out := mustCLI(t, "", env, "unlock", "--test", "--tpm2-device", spec, img).stdout; !strings.Contains(out, "token 0 (systemd-tpm2") {
+		t.Fatalf("unlock with tangd stopped: %s", out)
 	}
 }

@@ -105,21 +105,10 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 		}
 		return vk, fmt.Sprintf("key file (keyslot %d)", slot), nil
 	}
-	p, err := u.tpm.protector(e, false)
+	prots, err := u.protectors(e)
 	if err != nil {
 		return nil, "", err
 	}
-	cp, err := u.clevis.protector(e, u.tpm.device)
-	if err != nil {
-		return nil, "", err
-	}
-	prots := []unlock.Protector{cp, auditedTPM{p, u.tpm.device}}
-	u.kmip.tpmDevice = u.tpm.device
-	kp, err := u.kmip.unlockProtector(e)
-	if err != nil {
-		return nil, "", err
-	}
-	prots = append(prots, kp)
 	vk, rep, err := daemon.RecoverKey(ctx, v, prots, u.timeout, e.log)
 	daemon.EmitReleases(ctx, auditLogger(e), rep, prots, volumeRecord(audit.KindKeyRelease, "", v))
 	if err != nil {
@@ -127,6 +116,25 @@ func recoverKey(ctx context.Context, e *env, v *luks2.Volume, u *unlockFlags) (*
 	}
 	w := rep.Winner()
 	return vk, fmt.Sprintf("token %d (%s, %s)", w.Token.ID, w.Token.Type, w.Protector), nil
+}
+
+// protectors are the protectors that try a volume's tokens: clevis (Tang, TPM2,
+// sss), the TPM2 (systemd-tpm2 tokens) and KMIP.
+func (u *unlockFlags) protectors(e *env) ([]unlock.Protector, error) {
+	p, err := u.tpm.protector(e, false)
+	if err != nil {
+		return nil, err
+	}
+	cp, err := u.clevis.protector(e, u.tpm.device)
+	if err != nil {
+		return nil, err
+	}
+	u.kmip.tpmDevice = u.tpm.device
+	kp, err := u.kmip.unlockProtector(e)
+	if err != nil {
+		return nil, err
+	}
+	return []unlock.Protector{cp, auditedTPM{p, u.tpm.device}, kp}, nil
 }
 
 // activate maps the volume with device-mapper, loading the table cryptsetup would load.
