@@ -71,7 +71,12 @@
 //
 // While hotzone k is decrypted, encrypted and written, hotzone k+1 is read and
 // checksummed; both stages split their work in 4 MiB chunks over GOMAXPROCS
-// goroutines. Hotzones are 64 MiB by default (two metadata commits each).
+// goroutines. Hotzones are 64 MiB by default (two metadata commits each). When the
+// device is an *os.File (image or block device) and the data is page aligned, each
+// hotzone is mapped (mmap, MAP_SHARED) instead of read and written: it is hashed in
+// place, decrypted into a scratch buffer and encrypted back into the mapping (so
+// plaintext never sits in the device's page cache), and msync'ed before the post
+// commit; this saves the two copies through read and write.
 //
 // # Secrets
 //

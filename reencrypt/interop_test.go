@@ -27,6 +27,7 @@ func TestRotateCryptsetupReads(t *testing.T) {
 		hz    int64
 		extra []string
 	}{
+		{4096, "checksum", 1 << 20, []string{"nomap"}}, // read and write, no mapping
 		{4096, "checksum", 1 << 20, nil},
 		{512, "checksum", 3 << 20, nil},
 		{4096, "journal", 0, nil},
@@ -35,12 +36,15 @@ func TestRotateCryptsetupReads(t *testing.T) {
 		{512, "checksum", 1 << 20, []string{"+512"}},
 	} {
 		t.Run(c.res+"-"+strconv.Itoa(c.ss)+strings.Join(c.extra, ""), func(t *testing.T) {
-			size := int64(24 << 20)
+			size, noMap := int64(24<<20), false
 			if len(c.extra) == 1 && c.extra[0] == "+512" {
 				size, c.extra = size+512, nil
 			}
+			if len(c.extra) == 1 && c.extra[0] == "nomap" {
+				noMap, c.extra = true, nil
+			}
 			f := newFixture(t, t.TempDir(), size, c.ss, c.extra...)
-			o := &Options{Resilience: c.res, HotzoneSize: c.hz, Keyslot: keyslotFast, DigestIterations: 1000}
+			o := &Options{Resilience: c.res, HotzoneSize: c.hz, Keyslot: keyslotFast, DigestIterations: 1000, noMap: noMap}
 			if err := rotateFile(t, f.img, []byte("passphrase"), o); err != nil {
 				t.Fatal(err)
 			}

@@ -67,6 +67,8 @@ type Options struct {
 	Logger hclog.Logger
 	// Progress, when set, is called after every hotzone.
 	Progress func(Progress)
+	// noMap turns off the mapped data path (tests compare both paths).
+	noMap bool
 	// DigestIterations sets the pbkdf2 iterations of the new key's digest (0:
 	// benchmarked, as luksFormat does).
 	DigestIterations int
@@ -249,6 +251,10 @@ type engine struct {
 	oldC, newC *xts.Cipher
 	o          *Options
 	log        hclog.Logger
+	// mm maps the device when it is a file whose data is page aligned (nil: read
+	// and write through dev).
+	mm      *mapper
+	scratch sync.Pool
 }
 
 // device is the data path of the volume.
@@ -281,6 +287,10 @@ func run(ctx context.Context, v *luks2.Volume, dev device, size int64, oldVK, ne
 	}
 	defer newC.Close()
 	e := &engine{v: v, dev: dev, p: p, oldC: oldC, newC: newC, o: o, log: o.logger()}
+	e.scratch.New = func() any { b := make([]byte, chunk); return &b }
+	if !o.noMap && p.dataOffset%uint64(pageSize()) == 0 {
+		e.mm = newMapper(dev)
+	}
 	if r.Crashed() {
 		if err := e.recover(ctx); err != nil {
 			return err
@@ -312,7 +322,9 @@ func (e *engine) hotzoneLen() uint64 {
 // zone is one hotzone in memory: the old ciphertext and its checksums.
 type zone struct {
 	off, n uint64
+	// buf holds the old ciphertext: a copy, or the mapped device window.
 	buf    []byte
+	mapped bool
 	sums   []byte
 	err    error
 }
@@ -379,6 +391,15 @@ func (e *engine) readZone(off, n uint64, buf []byte) chan *zone {
 	ch := make(chan *zone, 1)
 	z := &zone{off: off, n: n, buf: buf[:n]}
 	go func() {
+		defer func() { ch <- z }()
+		if e.mm != nil && (e.p.dataOffset+off)%uint64(pageSize()) == 0 {
+			m, err := e.mm.mapRange(int64(e.p.dataOffset+off), int(n))
+			if err != nil {
+				z.err = fmt.Errorf("reencrypt: mapping data at %d: %w", e.p.dataOffset+off, err)
+				return
+			}
+			z.buf, z.mapped = m, true
+		}
 		k := e.p.r.Keyslot
 		var bs int
 		if k.Resilience == "checksum" {
@@ -386,8 +407,10 @@ func (e *engine) readZone(off, n uint64, buf []byte) chan *zone {
 			z.sums = make([]byte, int(n)/bs*hashSize(k.Hash))
 		}
 		z.err = e.parallel(n, func(a, b uint64) error {
-			if err := readFull(e.dev, z.buf[a:b], int64(e.p.dataOffset+off+a)); err != nil {
-				return fmt.Errorf("reencrypt: reading data at %d: %w", e.p.dataOffset+off+a, err)
+			if !z.mapped {
+				if err := readFull(e.dev, z.buf[a:b], int64(e.p.dataOffset+off+a)); err != nil {
+					return fmt.Errorf("reencrypt: reading data at %d: %w", e.p.dataOffset+off+a, err)
+				}
 			}
 			if bs > 0 {
 				h := newHash(k.Hash)
@@ -400,7 +423,6 @@ func (e *engine) readZone(off, n uint64, buf []byte) chan *zone {
 			}
 			return nil
 		})
-		ch <- z
 	}()
 	return ch
 }
@@ -466,9 +488,24 @@ func (e *engine) rewrite(ctx context.Context, z *zone) error {
 	if err := e.v.SetReencryptSegments(e.p.hot(z.off, z.n)); err != nil {
 		return err
 	}
-	err := e.parallel(z.n, func(a, b uint64) error {
-		return e.transform(z.buf[a:b], z.off+a)
-	})
+	var err error
+	if z.mapped {
+		err = e.parallel(z.n, func(a, b uint64) error {
+			e.transformMapped(z.buf[a:b], z.off+a)
+			return nil
+		})
+		if err == nil {
+			err = e.mm.sync(z.buf)
+		}
+		if uerr := e.mm.unmap(z.buf); err == nil {
+			err = uerr
+		}
+		z.buf = nil
+	} else {
+		err = e.parallel(z.n, func(a, b uint64) error {
+			return e.transform(z.buf[a:b], z.off+a)
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -480,6 +517,18 @@ func (e *engine) rewrite(ctx context.Context, z *zone) error {
 		return nil
 	}
 	return e.v.SetReencryptSegments(e.p.post(end))
+}
+
+// transformMapped re-encrypts b, a window of the mapped device at data offset
+// off, in place, through a scratch buffer: plaintext never reaches the mapped pages
+// (writeback could carry it to the disk).
+func (e *engine) transformMapped(b []byte, off uint64) {
+	sp := e.scratch.Get().(*[]byte)
+	s := (*sp)[:len(b)]
+	e.oldC.DecryptSectors(s, b, e.p.prev.SectorSize, e.p.prev.IVTweak+off/512)
+	e.newC.EncryptSectors(b, s, e.p.final.SectorSize, e.p.final.IVTweak+off/512)
+	clear(s)
+	e.scratch.Put(sp)
 }
 
 // transform decrypts b (old ciphertext of the data at off) with the old key,
