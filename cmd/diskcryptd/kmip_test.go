@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -155,4 +156,31 @@ func TestCLIKMSCSR(t *testing.T) {
 	if r.code != exitPermission || !strings.Contains(r.stderr, "does not load on this TPM") {
 		t.Fatalf("unlock with the key blob on another TPM: exit %d\n%s", r.code, r.stderr)
 	}
+}
+
+// TestCLIKMSDownFallsThrough: a volume with a KMIP token first and a TPM2 token second;
+// with the KMS stopped, unlock fails over to the TPM within the token timeout, and the
+// KMS's failure (server, why) is logged.
+func TestCLIKMSDownFallsThrough(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	spec := tpmtest.StartSwtpm(t)
+	srv := kmiptest.Start(t)
+	tlsFlags := []string{"--kmip-ca", srv.CA.CertFile, "--kmip-cert", srv.Client.CertFile, "--kmip-key", srv.Client.KeyFile}
+	dir := t.TempDir()
+	img := newImage(t, dir, 40)
+	key := writeSecret(t, dir, "key", "pw")
+	mustCLI(t, "", nil, append(append([]string{"format", "--key-file", key}, fastKDF...), img)...)
+	mustCLI(t, "", nil, append(append([]string{"enroll", "kmip", "--key-file", key, "--kmip-server", srv.Addr}, tlsFlags...), img)...)
+	mustCLI(t, "", nil, "enroll", "tpm2", "--key-file", key, "--tpm2-device", spec, img)
+	srv.Stop()
+	start := time.Now()
+	r := mustCLI(t, "", nil, append(append([]string{"unlock", "--test", "--token-timeout", "4s", "--tpm2-device", spec}, tlsFlags...), img)...)
+	took := time.Since(start)
+	if !strings.Contains(r.stdout, "token 1 (systemd-tpm2, tpm2)") {
+		t.Fatalf("unlock did not fall through to the TPM2 token: %s", r.stdout)
+	}
+	if !strings.Contains(r.stderr, "kmip server "+srv.Addr) || !strings.Contains(r.stderr, "connection refused") {
+		t.Errorf("the KMS failure is not reported with server and cause:\n%s", r.stderr)
+	}
+	t.Logf("fell through to the TPM2 token in %s", took)
 }
