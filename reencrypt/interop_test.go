@@ -179,3 +179,20 @@ func TestWeStartCryptsetupFinishes(t *testing.T) {
 		})
 	}
 }
+
+// TestMappedFaultIsAnError: a mapped hotzone the device cannot back (here: beyond
+// the end of a file truncated behind the engine's back, which the kernel reports as
+// SIGBUS, like a disk read error) makes the run fail with an error, not crash.
+func TestMappedFaultIsAnError(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	f := newFixture(t, t.TempDir(), 24<<20, 4096)
+	fh, size := openFile(t, f.img)
+	defer fh.Close()
+	if err := fh.Truncate(f.dataOff + 3<<19); err != nil {
+		t.Fatal(err)
+	}
+	err := Rotate(context.Background(), fh, size, []byte("passphrase"), &Options{HotzoneSize: 1 << 20, Keyslot: keyslotFast, DigestIterations: 1000})
+	if err == nil || !strings.Contains(err.Error(), "mapped hotzone") {
+		t.Fatalf("want a mapped I/O error, got %v", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -412,7 +413,10 @@ func (e *engine) readZone(off, n uint64, buf []byte) chan *zone {
 					return fmt.Errorf("reencrypt: reading data at %d: %w", e.p.dataOffset+off+a, err)
 				}
 			}
-			if bs > 0 {
+			if bs == 0 {
+				return nil
+			}
+			return faultGuard(func() {
 				h := newHash(k.Hash)
 				hs := h.Size()
 				for s := a; s < b; s += uint64(bs) {
@@ -420,8 +424,7 @@ func (e *engine) readZone(off, n uint64, buf []byte) chan *zone {
 					h.Write(z.buf[s : s+uint64(bs)])
 					h.Sum(z.sums[s/uint64(bs)*uint64(hs) : s/uint64(bs)*uint64(hs)])
 				}
-			}
-			return nil
+			})
 		})
 	}()
 	return ch
@@ -491,8 +494,7 @@ func (e *engine) rewrite(ctx context.Context, z *zone) error {
 	var err error
 	if z.mapped {
 		err = e.parallel(z.n, func(a, b uint64) error {
-			e.transformMapped(z.buf[a:b], z.off+a)
-			return nil
+			return faultGuard(func() { e.transformMapped(z.buf[a:b], z.off+a) })
 		})
 		if err == nil {
 			err = e.mm.sync(z.buf)
@@ -517,6 +519,20 @@ func (e *engine) rewrite(ctx context.Context, z *zone) error {
 		return nil
 	}
 	return e.v.SetReencryptSegments(e.p.post(end))
+}
+
+// faultGuard runs f, turning a memory fault (a device read or write error behind
+// a mapping, which the kernel reports as SIGBUS) into an error instead of a crash.
+func faultGuard(f func()) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("reencrypt: device I/O error in a mapped hotzone: %v", r)
+		}
+	}()
+	f()
+	return nil
 }
 
 // transformMapped re-encrypts b, a window of the mapped device at data offset
