@@ -27,6 +27,7 @@ func errorMap() []errorMapping {
 		{tpm.ErrLockout, exitPermission, "wait for the TPM's lockout to expire, or reset it with the lockout authorization"},
 		{tpm.ErrBadPIN, exitPermission, ""},
 		{unlock.ErrLocked, exitPermission, "unlock with a passphrase or the recovery key: diskcryptd unlock --key-file FILE DEVICE NAME"},
+		{luks2.ErrKDFCost, exitPermission, "a keyslot's KDF asks for more memory or work than this machine allows (cryptsetup's limits, available RAM); use another keyslot, or open it where more memory is available"},
 		{luks2.ErrNoKeyslotAccepts, exitPermission, "check the key file (cryptsetup semantics: the whole file is the key, a trailing newline included)"},
 		{luks2.ErrDeviceInUse, exitDevice, "check the device name; to destroy what is on it, add --force"},
 		{luks2.ErrLUKS1, exitDevice, ""},
