@@ -305,3 +305,17 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+// TestMessageIDsDocumented: every kind's MESSAGE_ID is in the operations guide's
+// table, so operators can filter the journal by it.
+func TestMessageIDsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Kinds() {
+		if !strings.Contains(string(doc), "| "+MessageID(k)+" |") {
+			t.Errorf("docs/operations.md lacks the MESSAGE_ID of %s (%s)", k, MessageID(k))
+		}
+	}
+}
