@@ -237,14 +237,22 @@ func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 		}
 		return handshake(ctx, raw, cfg)
 	}
-	c, err := kmipclient.DialContext(ctx, server,
+	opts := []kmipclient.Option{
 		kmipclient.WithDialerUnsafe(dialer),
 		kmipclient.WithMiddlewares(noTimeStamp),
 		kmipclient.WithKmipVersions(kmip.V1_4, kmip.V1_3, kmip.V1_2),
-		kmipclient.WithMaxMessageSize(64<<10))
+		kmipclient.WithMaxMessageSize(64 << 10),
+	}
+	// The version a server negotiated once is reused: one round trip (DiscoverVersions)
+	// less for every later volume.
+	if v, ok := p.versions.Load(server); ok {
+		opts = append(opts, kmipclient.EnforceVersion(v.(kmip.ProtocolVersion)))
+	}
+	c, err := kmipclient.DialContext(ctx, server, opts...)
 	if err != nil {
 		return nil, err
 	}
+	p.versions.Store(server, c.Version())
 	return &session{c: c, server: server}, nil
 }
 
@@ -359,6 +367,10 @@ func (p *Protector) run(ctx context.Context, opName string, servers []string, op
 			if ctx.Err() != nil {
 				return attemptResult{}, p.fail(opName, servers, last, attempts, ctx.Err())
 			}
+			release, err := p.acquire(ctx, srv)
+			if err != nil {
+				return attemptResult{}, p.fail(opName, servers, last, attempts, err)
+			}
 			attempts++
 			actx, cancel := context.WithTimeout(ctx, tm.Attempt)
 			start := time.Now()
@@ -372,6 +384,7 @@ func (p *Protector) run(ctx context.Context, opName string, servers []string, op
 			}()
 			timedOut := errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 			cancel()
+			release()
 			if err == nil {
 				p.metrics.observe(srv, "ok", time.Since(start))
 				return attemptResult{server: srv, corr: corr}, nil
@@ -396,6 +409,21 @@ func (p *Protector) run(ctx context.Context, opName string, servers []string, op
 		}
 	}
 	return attemptResult{}, p.fail(opName, servers, last, attempts, nil)
+}
+
+// acquire waits, within ctx, for one of the protector's connection slots to server
+// (Config.MaxConnections): one host's parallel unlocks do not flood a server's
+// accept queue (PyKMIP listens with a backlog of 5; beyond it connections wait for a
+// SYN retransmission, a second or more).
+func (p *Protector) acquire(ctx context.Context, server string) (func(), error) {
+	v, _ := p.slots.LoadOrStore(server, make(chan struct{}, p.cfg.MaxConnections))
+	sem := v.(chan struct{})
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func (p *Protector) fail(op string, servers []string, last []*ServerError, attempts int, ctxErr error) error {

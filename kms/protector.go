@@ -31,6 +31,9 @@ type Config struct {
 	// Timing bounds every operation's network work; the caller's context (the
 	// daemon's token timeout) bounds the whole.
 	Timing Timing
+	// MaxConnections bounds this protector's simultaneous connections to one server
+	// (default 4); more unlocks at once wait for a slot within their deadline.
+	MaxConnections int
 	// Logger receives diagnostics, never secrets; nil discards them.
 	Logger hclog.Logger
 }
@@ -45,6 +48,10 @@ type Protector struct {
 
 	mu       sync.Mutex
 	releases map[releaseKey]attemptInfo
+	// versions maps a server to the KMIP version it negotiated.
+	versions sync.Map
+	// slots maps a server to its semaphore of MaxConnections.
+	slots sync.Map
 }
 
 var _ unlock.Protector = (*Protector)(nil)
@@ -71,6 +78,9 @@ func New(cfg Config) (*Protector, error) {
 		}
 	}
 	cfg.Timing = cfg.Timing.withDefaults()
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = 4
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
