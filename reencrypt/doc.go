@@ -87,7 +87,11 @@
 // # Limits
 //
 // Offline only: the volume must not be mapped. Only mode "reencrypt", direction
-// forward, aes-xts-plain64 with the same sector size before and after, and a data
-// segment of dynamic size are run; other runs cryptsetup started (encrypt, decrypt,
-// datashift, backward) fail with ErrUnsupported and are left for cryptsetup.
+// forward, with checksum or journal resilience, over a data segment of dynamic size
+// that keeps its place, is run. Rotate keeps cipher and sector size; Resume also
+// finishes a cryptsetup run that changes the sector size (512 to 4096, say). Other
+// runs cryptsetup started (encrypt, decrypt, datashift, backward, resilience none)
+// fail with ErrUnsupported and are left for cryptsetup. In-place encryption
+// (cryptsetup reencrypt --encrypt) is not implemented; CheckTailFree is the check
+// cryptsetup lacks before it.
 package reencrypt

@@ -196,3 +196,26 @@ func TestMappedFaultIsAnError(t *testing.T) {
 		t.Fatalf("want a mapped I/O error, got %v", err)
 	}
 }
+
+// TestCryptsetupSectorSizeChangeWeFinish: cryptsetup starts a re-encryption that
+// also changes the sector size (512 to 4096 bytes); we finish it, and the data
+// decrypts with the new key in 4096-byte sectors.
+func TestCryptsetupSectorSizeChangeWeFinish(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	f := newFixture(t, t.TempDir(), 24<<20, 512)
+	cryptsetup(t, "reencrypt", "--init-only", "--force-offline-reencrypt", "--batch-mode", "--sector-size", "4096", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", f.kf, f.img)
+	if err := resumeFile(t, f.img, []byte("passphrase"), &Options{HotzoneSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := luks2.OpenFile(f.img, luks2.ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := v.Metadata().SectorSize
+	v.Close()
+	if ss != 4096 {
+		t.Fatalf("sector size %d after the run", ss)
+	}
+	f.ss = 4096
+	f.checkPython(t)
+}
