@@ -25,7 +25,9 @@
 //     response) is bounded by Timing.Attempt; servers are walked in the token's order
 //     for at most Timing.Rounds rounds with full-jitter exponential backoff between
 //     rounds; the caller's context (the daemon's token timeout) bounds the whole. A
-//     KMIP refusal is final for that server and is not retried.
+//     KMIP refusal, or a certificate refused at TLS, is final for that server and is
+//     not retried. One Protector opens at most Config.MaxConnections (4) connections
+//     to a server at a time, and reuses the KMIP version a server negotiated.
 //   - Mutual TLS only, TLS 1.2 or later; the server's certificate must chain to the
 //     configured CA (never the system roots) and match the address's host name or IP.
 //     The client certificate is the host's identity; its key may be any crypto.Signer
