@@ -369,7 +369,13 @@ func (d *Daemon) unlockOne(ctx context.Context, vc VolumeConfig, wait time.Durat
 		s.KeyslotStart, s.KeyslotEnd = ksStart.Sub(d.start).Seconds(), ksEnd.Sub(d.start).Seconds()
 		s.Token = rec.how
 	})
-	log.Info("volume unlocked", "token", rec.how, "elapsed", elapsed)
+	protector := "key-file"
+	if rec.rep != nil {
+		if w := rec.rep.Winner(); w != nil {
+			protector = w.Protector
+		}
+	}
+	log.Info("volume unlocked", "token", rec.how, "protector", protector, "elapsed", elapsed)
 }
 
 // checkExisting reports whether the mapping name already exists for this volume on

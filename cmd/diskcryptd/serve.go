@@ -71,6 +71,9 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Under systemd, log to journald's native protocol: structured fields (VOLUME=,
+	// TOKEN=, PROTECTOR=) and MESSAGE_IDs instead of plain stderr lines.
+	log, _ := systemd.JournalLogger(e.log)
 	d := &daemon.Daemon{
 		Metrics: kmetrics,
 		Config:  cfg,
@@ -79,7 +82,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		},
 		Measure:  measurer,
 		Notifier: &systemd.Notifier{},
-		Logger:   e.log,
+		Logger:   log,
 		Audit:    al,
 		Reseal:   resealer(e, cfg.TPMDevice, al),
 	}
