@@ -138,13 +138,23 @@ func loadAndResume(c *dmControl, name string, t *CryptTarget, readOnly bool) err
 	if err != nil {
 		return err
 	}
-	// Resume: DM_DEV_SUSPEND without DM_SUSPEND_FLAG swaps in the table.
-	if _, _, err := c.do(&dmRequest{cmd: dmDevSuspendCmd, name: name, flags: dmSecureDataFlag}); err != nil {
+	// Resume: DM_DEV_SUSPEND without DM_SUSPEND_FLAG swaps in the table. The udev cookie
+	// marks the resume's "change" uevent as the primary one (as libdevmapper does), so
+	// udev's dm rules scan the new device and systemd sees it ready: without it
+	// /dev/mapper/NAME never becomes a .device unit and /etc/fstab waits in vain.
+	if _, _, err := c.do(&dmRequest{cmd: dmDevSuspendCmd, name: name, flags: dmSecureDataFlag, eventNr: udevPrimarySourceCookie}); err != nil {
 		c.do(&dmRequest{cmd: dmTableClearCmd, name: name}) //nolint:errcheck // best effort; the caller removes the device
 		return err
 	}
 	return nil
 }
+
+// udevPrimarySourceCookie is a device-mapper udev cookie (event_nr; the kernel passes it
+// to udev as DM_COOKIE) that carries only DM_UDEV_PRIMARY_SOURCE_FLAG (0x0040) in its
+// flag half and no semaphore in its low half: libdevmapper's
+// libdm-common.h DM_UDEV_FLAGS_SHIFT is 16. udev's 55-dm.rules reads the flags with
+// "dmsetup udevflags"; with no semaphore, "dmsetup udevcomplete" has nothing to wake.
+const udevPrimarySourceCookie = 0x0040 << 16
 
 func checkMappingName(name string) error {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) >= dmNameLen {

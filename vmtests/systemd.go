@@ -152,6 +152,18 @@ func BuildSystemdInitramfs(busybox string, mods []Module, binaries map[string]st
 	return append(e.Initramfs, b.String()...), nil
 }
 
+// systemdFiles are the files MakeRootImage adds to every systemd guest.
+var systemdFiles = map[string]string{
+	"/usr/local/sbin/vmtest-run":           guestRunner,
+	"/etc/systemd/system/vmtest.service":   guestRunnerUnit,
+	"/etc/fstab":                           "LABEL=vmroot / ext4 defaults 0 1\n",
+	"/etc/hostname":                        "vmtest\n",
+	"/etc/systemd/journald.conf.d/vm.conf": "[Journal]\nStorage=persistent\n",
+	// A boot that falls into emergency mode reports nothing: show why on the
+	// console and power off at once instead of waiting for the harness deadline.
+	"/etc/systemd/system/emergency.service.d/vmtest.conf": "[Service]\nExecStart=\nExecStart=/bin/sh -c 'systemctl --failed --no-pager; journalctl -b -p warning --no-pager | tail -n 60; systemctl --force poweroff'\nStandardOutput=tty\n",
+}
+
 // RootImage describes the per-run root disk image built from the cached tarball.
 type RootImage struct {
 	// Path is the ext4 image file.
@@ -184,12 +196,9 @@ func MakeRootImage(ctx context.Context, tar, deb, dir string, size int64, files 
 	if err := run("dpkg", "--root="+tree, "--force-unsafe-io", "-i", deb); err != nil {
 		return nil, err
 	}
-	all := map[string]string{
-		"/usr/local/sbin/vmtest-run":           guestRunner,
-		"/etc/systemd/system/vmtest.service":   guestRunnerUnit,
-		"/etc/fstab":                           "LABEL=vmroot / ext4 defaults 0 1\n",
-		"/etc/hostname":                        "vmtest\n",
-		"/etc/systemd/journald.conf.d/vm.conf": "[Journal]\nStorage=persistent\n",
+	all := map[string]string{}
+	for p, c := range systemdFiles {
+		all[p] = c
 	}
 	for p, c := range files {
 		all[p] = c

@@ -72,7 +72,7 @@ func buildSystemdAssets(e *Env) (*Env, *RootImage, error) {
 	}
 	// The image is content-addressed: the same tarball and package give the same image.
 	h := sha256.New()
-	fmt.Fprint(h, tar, guestRunner, guestRunnerUnit)
+	fmt.Fprint(h, tar, guestRunner, guestRunnerUnit, systemdFiles)
 	if f, err := os.Open(deb); err == nil {
 		io.Copy(h, f)
 		f.Close()
