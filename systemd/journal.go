@@ -2,6 +2,7 @@ package systemd
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/journal"
@@ -73,7 +74,23 @@ func (s *JournalSink) Accept(name string, level hclog.Level, msg string, args ..
 		send = journal.Send
 	}
 	// Best effort: a full or absent journal must not stop an unlock.
-	_ = send(msg, priority(level), s.fields(name, msg, args))
+	_ = send(message(msg, args), priority(level), s.fields(name, msg, args))
+}
+
+// message is the human line (what journalctl and systemctl status show): the log
+// message followed by its key-value pairs, as hclog's text format writes them, so that
+// "volume not unlocked" says which volume and why without -o verbose.
+func message(msg string, args []any) string {
+	var b strings.Builder
+	b.WriteString(msg)
+	for i := 0; i+1 < len(args); i += 2 {
+		v := fmt.Sprint(args[i+1])
+		if strings.ContainsAny(v, " \t\n\"=") || v == "" {
+			v = strconv.Quote(v)
+		}
+		fmt.Fprintf(&b, " %v=%s", args[i], v)
+	}
+	return b.String()
 }
 
 func (s *JournalSink) fields(name, msg string, args []any) map[string]string {

@@ -36,11 +36,11 @@ func TestJournalFields(t *testing.T) {
 		want map[string]string
 		none []string
 	}{
-		{0, "volume unlocked", journal.PriInfo, map[string]string{"VOLUME": "data0", "TOKEN": "0", "TYPE": "systemd-tpm2",
+		{0, "volume unlocked volume=data0 token=0 type=systemd-tpm2 protector=tpm2 MESSAGE=spoof 9lives=1", journal.PriInfo, map[string]string{"VOLUME": "data0", "TOKEN": "0", "TYPE": "systemd-tpm2",
 			"PROTECTOR": "tpm2", "MESSAGE_ID": MessageVolumeUnlocked, "SYSLOG_IDENTIFIER": "diskcryptd", "LIVES": "1"}, []string{"MESSAGE"}},
-		{1, "volume not unlocked", journal.PriErr, map[string]string{"VOLUME": "data1", "STATE": "locked", "ERROR": "PCRs changed",
+		{1, `volume not unlocked volume=data1 state=locked error="PCRs changed"`, journal.PriErr, map[string]string{"VOLUME": "data1", "STATE": "locked", "ERROR": "PCRs changed",
 			"MESSAGE_ID": MessageVolumeNotUnlocked}, nil},
-		{2, "plain", journal.PriWarning, map[string]string{"DM_UUID": "CRYPT-LUKS2-x"}, []string{"MESSAGE_ID"}},
+		{2, "plain dm-uuid=CRYPT-LUKS2-x", journal.PriWarning, map[string]string{"DM_UUID": "CRYPT-LUKS2-x"}, []string{"MESSAGE_ID"}},
 	}
 	for _, tc := range tests {
 		e := got[tc.i]
