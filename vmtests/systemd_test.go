@@ -34,14 +34,7 @@ func setupSystemd(t *testing.T) (*Env, *RootImage) {
 	t.Helper()
 	e := setup(t)
 	need(t, e, "diskcryptd")
-	for _, tool := range []string{"mmdebstrap", "mkfs.ext4", "dpkg-deb", "tar"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if inCI() {
-				t.Fatalf("CI=true and host tool %s is missing (contrib/ci/packages.txt)", tool)
-			}
-			t.Skipf("needs host tool %s", tool)
-		}
-	}
+	needHost(t, "mmdebstrap", "mkfs.ext4", "dpkg-deb", "tar")
 	sdOnce.Do(func() { sdEnv, sdImg, sdErr = buildSystemdAssets(e) })
 	if sdErr != nil {
 		t.Fatalf("systemd guest assets: %v", sdErr)
