@@ -122,6 +122,13 @@ func (d *Daemon) removed(ctx context.Context, u *Uevent) {
 // at the next start.
 func (d *Daemon) Reload(ctx context.Context, cfg *Config) {
 	d.mu.Lock()
+	if d.state == nil {
+		// Before the boot pass: it will use the new configuration.
+		cfg.Socket = d.Config.Socket
+		d.Config = cfg
+		d.mu.Unlock()
+		return
+	}
 	keep := map[string]bool{}
 	for _, vc := range cfg.Volumes {
 		keep[vc.Name] = true
