@@ -144,11 +144,12 @@ func deriveKeyCtx(ctx context.Context, p KDFParams, passphrase, salt []byte, key
 type KDFLimits struct {
 	// MaxPBKDF2Iterations bounds keyslot and digest PBKDF2 iterations.
 	MaxPBKDF2Iterations int64
-	// MaxArgon2Time, MaxArgon2MemoryKiB and MaxArgon2Parallel bound Argon2's time
-	// cost, memory (KiB) and lanes.
-	MaxArgon2Time      int64
+	// MaxArgon2Time bounds Argon2's time cost (passes).
+	MaxArgon2Time int64
+	// MaxArgon2MemoryKiB bounds Argon2's memory cost in KiB.
 	MaxArgon2MemoryKiB int64
-	MaxArgon2Parallel  int
+	// MaxArgon2Parallel bounds Argon2's lanes.
+	MaxArgon2Parallel int
 }
 
 // DefaultKDFLimits returns cryptsetup's limits (lib/crypto_backend/pbkdf_check.c:

@@ -210,28 +210,35 @@ const (
 	LUKS2SecondaryMagic = "SKUL\xba\xbe"
 	// LUKSOffVersion is the offset of the 16-bit version (1 or 2).
 	LUKSOffVersion = 6
-	// LUKS2OffHdrSize, LUKS2OffSeqid: the 64-bit header size and sequence id.
+	// LUKS2OffHdrSize is the offset of the 64-bit header size.
 	LUKS2OffHdrSize = 8
-	LUKS2OffSeqid   = 16
-	// LUKS2OffLabel and LUKS2LenLabel: the NUL-terminated label.
+	// LUKS2OffSeqid is the offset of the 64-bit sequence id.
+	LUKS2OffSeqid = 16
+	// LUKS2OffLabel is the offset of the NUL-terminated label.
 	LUKS2OffLabel = 24
+	// LUKS2LenLabel is the label field's size.
 	LUKS2LenLabel = 48
-	// LUKS2OffCsumAlg and LUKS2LenCsumAlg: the checksum algorithm name.
+	// LUKS2OffCsumAlg is the offset of the checksum algorithm name.
 	LUKS2OffCsumAlg = 72
+	// LUKS2LenCsumAlg is the checksum algorithm field's size.
 	LUKS2LenCsumAlg = 32
-	// LUKS2OffSalt and LUKS2LenSalt: the per-copy salt.
+	// LUKS2OffSalt is the offset of the per-copy salt.
 	LUKS2OffSalt = 104
+	// LUKS2LenSalt is the salt's size.
 	LUKS2LenSalt = 64
-	// LUKSOffUUID and LUKSLenUUID: the NUL-terminated UUID (same offset in LUKS1).
+	// LUKSOffUUID is the offset of the NUL-terminated UUID (the same in LUKS1).
 	LUKSOffUUID = 168
+	// LUKSLenUUID is the UUID field's size.
 	LUKSLenUUID = 40
-	// LUKS2OffSubsystem and LUKS2LenSubsystem: the NUL-terminated subsystem.
+	// LUKS2OffSubsystem is the offset of the NUL-terminated subsystem.
 	LUKS2OffSubsystem = 208
+	// LUKS2LenSubsystem is the subsystem field's size.
 	LUKS2LenSubsystem = 48
 	// LUKS2OffHdrOffset is the 64-bit offset of this copy on the device.
 	LUKS2OffHdrOffset = 256
-	// LUKS2OffCsum and LUKS2LenCsum: the header checksum.
+	// LUKS2OffCsum is the offset of the header checksum.
 	LUKS2OffCsum = 448
+	// LUKS2LenCsum is the checksum field's size.
 	LUKS2LenCsum = 64
 	// LUKS2BinHeaderSize is the size of the binary header before the JSON area.
 	LUKS2BinHeaderSize = 4096
