@@ -363,7 +363,9 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 		if uint64(sg.Offset)%uint64(sg.SectorSize) != 0 {
 			return nil, invalid("segment %d: offset %d not aligned to sector size", id, sg.Offset)
 		}
-		if uint64(sg.Offset) < ksAreaEnd {
+		// A backup-previous segment of in-place encryption describes the device as
+		// it was before the header existed (cryptsetup: linear at offset 0).
+		if uint64(sg.Offset) < ksAreaEnd && !(sg.Type == "linear" && hasFlag(sg.Flags, "backup-previous")) {
 			return nil, invalid("segment %d: offset %d overlaps the metadata and keyslots area ending at %d", id, sg.Offset, ksAreaEnd)
 		}
 		if sg.Size == "dynamic" {

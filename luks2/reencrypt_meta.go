@@ -61,14 +61,7 @@ type Segment struct {
 }
 
 // HasFlag reports whether s carries flag f.
-func (s *Segment) HasFlag(f string) bool {
-	for _, x := range s.Flags {
-		if x == f {
-			return true
-		}
-	}
-	return false
-}
+func (s *Segment) HasFlag(f string) bool { return hasFlag(s.Flags, f) }
 
 func (s *Segment) json() jsonSegment {
 	j := jsonSegment{Type: s.Type, Offset: u64(s.Offset), Size: strconv.FormatUint(s.Size, 10), Flags: s.Flags}
@@ -949,4 +942,13 @@ func (v *Volume) VerifyReencryptDigest(oldVK, newVK *VolumeKey) error {
 		return fmt.Errorf("%w: re-encryption metadata does not match its digest", ErrWrongVolumeKey)
 	}
 	return nil
+}
+
+func hasFlag(flags []string, f string) bool {
+	for _, x := range flags {
+		if x == f {
+			return true
+		}
+	}
+	return false
 }

@@ -144,3 +144,38 @@ func FuzzReencryptMetadata(f *testing.F) {
 		_ = r.Crashed()
 	})
 }
+
+// TestCryptsetupInPlaceEncryptionReadable: the header of a cryptsetup in-place
+// encryption in progress (linear segments, the backup-previous segment at offset 0
+// where the header now is, a datashift reencrypt keyslot) reads as valid and
+// read-only, with its re-encryption state, instead of "no valid header".
+func TestCryptsetupInPlaceEncryptionReadable(t *testing.T) {
+	cs := needCryptsetup(t)
+	dir := t.TempDir()
+	img := newImage(t, dir, 96<<20)
+	kf := writeKeyFile(t, dir, []byte("x"))
+	run(t, nil, cs, "reencrypt", "--encrypt", "--init-only", "--batch-mode", "--reduce-device-size", "32M", "--pbkdf", "pbkdf2",
+		"--pbkdf-force-iterations", "1000", "--key-file", kf, img)
+	v, err := OpenFile(img, ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if md := v.Metadata(); !md.ReadOnly {
+		t.Fatal("in-place encryption in progress is not read-only")
+	}
+	r, err := v.Reencryption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Keyslot.Mode != "encrypt" || r.Keyslot.Direction != "backward" || r.Keyslot.Resilience != "datashift" || r.Keyslot.ShiftSize != 16<<20 || r.DigestOld != -1 {
+		t.Fatalf("%+v old %d", r.Keyslot, r.DigestOld)
+	}
+	newVK, _, err := v.UnlockDigest(context.Background(), []byte("x"), r.DigestNew)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.VerifyReencryptDigest(nil, newVK); err != nil {
+		t.Fatalf("re-encryption digest (encrypt mode, new key only): %v", err)
+	}
+}
