@@ -2,6 +2,8 @@ package main
 
 import (
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
 	"github.com/diskcryptd/diskcryptd/kms/kmiptest"
 	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
+	"github.com/diskcryptd/diskcryptd/unlock"
 )
 
 // TestCLIKMIP drives enroll kmip, unlock, kms rewrap and a revocation against a real
@@ -40,10 +43,34 @@ func TestCLIKMIP(t *testing.T) {
 		t.Errorf("cryptsetup luksDump does not show the token:\n%s", dump)
 	}
 
+	outputs := []result{r}
 	unlockArgs := append(append([]string{"unlock", "--test"}, tlsFlags...), img)
 	r = mustCLI(t, "", nil, unlockArgs...)
 	if !strings.Contains(r.stdout, "token 0 (diskcryptd-kmip, kmip)") {
 		t.Errorf("unlock --test: %s", r.stdout)
+	}
+	outputs = append(outputs, r)
+	// Canary: the keyslot secret (as the KMS releases it) is in no output of the
+	// commands, which ran with --debug.
+	admin0, err := newKMIPProtector(&env{log: hclog.NewNullLogger()}, srv.CA.CertFile, srv.Client.CertFile, srv.Client.KeyFile, "", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokJSON := mustCLI(t, "", nil, "token", "export", "--token-id", "0", img).stdout
+	pass, err := admin0.Unseal(t.Context(), unlock.Token{ID: 0, Type: "diskcryptd-kmip", Keyslots: []int{1}, JSON: []byte(tokJSON), VolumeUUID: volumeUUID(t, img)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := base64.StdEncoding.DecodeString(string(pass))
+	for _, o := range outputs {
+		for _, needle := range []string{string(pass), hex.EncodeToString(raw), string(raw)} {
+			if strings.Contains(o.stdout+o.stderr, needle) {
+				t.Errorf("a command's output carries the keyslot secret")
+			}
+		}
+	}
+	if strings.Contains(tokJSON, string(pass)) {
+		t.Errorf("the token carries the keyslot secret")
 	}
 	if r := cli(t, "", nil, "unlock", "--test", img); r.code != exitPermission || !strings.Contains(r.stderr, "--kmip-ca") {
 		t.Errorf("unlock without TLS flags: exit %d\n%s", r.code, r.stderr)
@@ -183,4 +210,10 @@ func TestCLIKMSDownFallsThrough(t *testing.T) {
 		t.Errorf("the KMS failure is not reported with server and cause:\n%s", r.stderr)
 	}
 	t.Logf("fell through to the TPM2 token in %s", took)
+}
+
+// volumeUUID returns the LUKS2 UUID cryptsetup reads from img.
+func volumeUUID(t *testing.T, img string) string {
+	t.Helper()
+	return strings.TrimSpace(peer(t, nil, "cryptsetup", "luksUUID", img))
 }
