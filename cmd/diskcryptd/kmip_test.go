@@ -129,6 +129,13 @@ func TestCLIKMIP(t *testing.T) {
 	if !strings.Contains(r.stdout, "diskcryptd-kmip") {
 		t.Errorf("unlock get mode: %s", r.stdout)
 	}
+	// --kmip-server replaces the token's servers (the KMS moved).
+	dead := kmiptest.DeadAddr(t)
+	mustCLI(t, "", nil, append(append([]string{"unlock", "--test", "--kmip-server", dead + "," + srv.Addr}, tlsFlags...), img2)...)
+	r = cli(t, "", nil, append(append([]string{"unlock", "--test", "--token-timeout", "3s", "--kmip-server", dead}, tlsFlags...), img2)...)
+	if r.code != exitPermission || !strings.Contains(r.stderr, "kmip server "+dead) || strings.Contains(r.stderr, "kmip server "+srv.Addr) {
+		t.Errorf("--kmip-server override: exit %d\n%s", r.code, r.stderr)
+	}
 }
 
 // keyslotJSON returns keyslot id's JSON object, as cryptsetup reads it.
