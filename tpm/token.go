@@ -3,11 +3,11 @@ package tpm
 import (
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 
+	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
 
@@ -47,19 +47,23 @@ type SystemdToken struct {
 	PCRLock bool `json:"tpm2_pcrlock,omitempty"`
 }
 
-// ParseSystemdToken parses a "systemd-tpm2" token object.
+// ParseSystemdToken parses a "systemd-tpm2" token object. It reads the token as
+// systemd and cryptsetup (json-c, exact member names) do: an object that repeats a
+// member or carries a case variant of one ("tpm2-pcrs" and "TPM2-PCRS") is refused
+// with luks2.ErrInvalidToken, since encoding/json alone would let the last one win
+// and unseal under a policy other than the one systemd reads.
 func ParseSystemdToken(b []byte) (*SystemdToken, error) {
 	var hdr struct {
 		Type string `json:"type"`
 	}
-	if err := json.Unmarshal(b, &hdr); err != nil {
+	if err := luks2.DecodeStrict(b, &hdr); err != nil {
 		return nil, fmt.Errorf("tpm: token JSON: %w", err)
 	}
 	if hdr.Type != TypeSystemd {
 		return nil, fmt.Errorf("tpm: token type %q: %w", hdr.Type, unlock.ErrNotMine)
 	}
 	var t SystemdToken
-	if err := json.Unmarshal(b, &t); err != nil {
+	if err := luks2.DecodeStrict(b, &t); err != nil {
 		return nil, fmt.Errorf("tpm: systemd-tpm2 token: %w", err)
 	}
 	if t.Blob == "" {
