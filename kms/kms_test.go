@@ -208,10 +208,8 @@ func TestServerDown(t *testing.T) {
 	if !errors.Is(kerr, kms.ErrUnreachable) || !strings.Contains(kerr.Error(), f.srv.Addr) || !strings.Contains(kerr.Error(), "refused") {
 		t.Errorf("error does not say which server and why: %v", kerr)
 	}
-	// Bounded by the token timeout (plus scheduling slack): never a hung boot.
-	if rep.Attempts[0].Duration > 3*time.Second+2*time.Second {
-		t.Errorf("KMS attempt took %s with a 3s token timeout", rep.Attempts[0].Duration)
-	}
+	// The bound itself (the token timeout cutting a server that never answers) is
+	// testBlackhole's; here the refusals end the token's attempt on their own.
 }
 
 // TestBlackhole: a server that accepts TCP and never answers costs one attempt
