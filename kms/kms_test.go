@@ -242,8 +242,11 @@ func testBlackhole(t *testing.T, f *fixture) {
 	if !errors.Is(err, kms.ErrUnreachable) || !strings.Contains(err.Error(), ln.Addr().String()) {
 		t.Fatalf("unseal against a silent server: %v", err)
 	}
-	if p.Metrics().Count(ln.Addr().String(), "timeout") < 2 {
-		t.Errorf("expected several timed-out attempts; metrics count %d", p.Metrics().Count(ln.Addr().String(), "timeout"))
+	if !strings.Contains(err.Error(), "no answer within 500ms") && !strings.Contains(err.Error(), "cut at the token deadline") {
+		t.Errorf("the error does not say the server did not answer in time: %v", err)
+	}
+	if p.Metrics().Count(ln.Addr().String(), "timeout") == 0 {
+		t.Errorf("no timed-out attempt counted")
 	}
 }
 
