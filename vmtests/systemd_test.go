@@ -225,6 +225,7 @@ cryptsetup luksDump $dev | grep -A2 -E '^Tokens' `},
 	echo "$u $(systemctl show -p ActiveEnterTimestampMonotonic --value $u) $(systemctl show -p ActiveState --value $u)"
 done`},
 		Step{Name: "socket", Script: "diskcryptd status --json"},
+		stepUnitTimes("times", "diskcryptd.service", "systemd-cryptsetup@dc1.service"),
 		Step{Name: "metrics", Script: "curl -sf --unix-socket /run/diskcryptd/diskcryptd.sock http://x/metrics"},
 		Step{Name: "journal", Script: "journalctl -b -o json --no-pager MESSAGE_ID=5b0d3e2a9c1f4e6b8a7d2c4f1e3b5a90 | jq -r 'to_entries[] | select(.key|test(\"^(MESSAGE|VOLUME|TOKEN|TYPE|PROTECTOR|MESSAGE_ID|PRIORITY|_SYSTEMD_UNIT|SYSLOG_IDENTIFIER)$\")) | \"\\(.key)=\\(.value)\"'"},
 		Step{Name: "rss", Script: "pid=$(systemctl show -p MainPID --value diskcryptd)\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status"},
@@ -263,6 +264,10 @@ rm -r /run/systemd/system/diskcryptd.service.d; systemctl daemon-reload`},
 	if !(order["diskcryptd.service"] > 0 && order["diskcryptd.service"] <= order["srv.mount"] && order["srv.mount"] <= order["local-fs.target"]) {
 		t.Errorf("want diskcryptd.service ready before srv.mount before local-fs.target: %v", order)
 	}
+	ut := parseUnitTimes(t, out(t, b2, "times"))
+	dcd, sdc := ut["diskcryptd.service"], ut["systemd-cryptsetup@dc1.service"]
+	t.Logf("1 disk each, same boot: diskcryptd.service ready at %.2fs (%.2fs from unit start); systemd-cryptsetup@dc1 ready at %.2fs (%.2fs from unit start)",
+		float64(dcd.ready)/1e6, float64(dcd.ready-dcd.start)/1e6, float64(sdc.ready)/1e6, float64(sdc.ready-sdc.start)/1e6)
 	if sock := out(t, b2, "socket"); !strings.Contains(sock, `"state": "unlocked"`) {
 		t.Errorf("status socket does not report data0 unlocked:\n%s", sock)
 	}
