@@ -85,7 +85,7 @@ cat /etc/diskcryptd/diskcryptd.conf`
 	// Boot 2: diskcryptd.service unlocks all 8; then hand the disks to crypttab.
 	b2 := sdBoot(t, m, nil,
 		stepUnitTimes("times", "diskcryptd.service"),
-		Step{Name: "status", Script: "systemctl show -p StatusText --value diskcryptd\ndiskcryptd status --json | jq -c '.[] | [.name, .state, .seconds, .keyslot_start, .keyslot_end]' 2>/dev/null || diskcryptd status --json"},
+		Step{Name: "status", Script: "systemctl show -p StatusText --value diskcryptd\ndiskcryptd status --json | jq -c '.daemon[] | [.name, .state, .seconds, .keyslot_start, .keyslot_end]' 2>/dev/null || diskcryptd status --json"},
 		Step{Name: "rss", Script: "grep -E '^(VmRSS|VmHWM)' /proc/$(systemctl show -p MainPID --value diskcryptd)/status"},
 		Step{Name: "switch", Script: "systemctl disable -q diskcryptd.service\nmv /etc/crypttab.vmtest /etc/crypttab"},
 	)
