@@ -47,6 +47,7 @@ type KMIPError struct {
 	Message string
 }
 
+// Error implements error.
 func (e *KMIPError) Error() string {
 	msg := fmt.Sprintf("KMIP %s failed: %s", ttlv.EnumStr(e.Operation), ttlv.EnumStr(e.Reason))
 	if e.Message != "" {
@@ -69,7 +70,9 @@ type ServerError struct {
 	Err error
 }
 
+// Error implements error.
 func (e *ServerError) Error() string { return fmt.Sprintf("kmip server %s: %v", e.Server, e.Err) }
+// Unwrap returns the cause.
 func (e *ServerError) Unwrap() error { return e.Err }
 
 // Error is returned when an operation failed on every server: it lists the last
@@ -84,6 +87,7 @@ type Error struct {
 	Attempts int
 }
 
+// Error implements error.
 func (e *Error) Error() string {
 	parts := make([]string, len(e.Servers))
 	for i, s := range e.Servers {
