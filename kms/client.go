@@ -72,6 +72,7 @@ type ServerError struct {
 
 // Error implements error.
 func (e *ServerError) Error() string { return fmt.Sprintf("kmip server %s: %v", e.Server, e.Err) }
+
 // Unwrap returns the cause.
 func (e *ServerError) Unwrap() error { return e.Err }
 
