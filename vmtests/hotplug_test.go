@@ -51,7 +51,9 @@ func TestHotplug(t *testing.T) {
 			"  echo 'volume hot0 UUID=" + uuid + "'; } > /run/diskcryptd.conf\n" +
 			"diskcryptd --verbose serve --config /run/diskcryptd.conf >/run/serve.log 2>&1 &\necho $! >/run/serve.pid\n" +
 			waitStatus("hot0", "waiting.*not present")},
+		Step{Name: "pcr15-before", Script: "diskcryptd pcr read 15"},
 		Step{Name: "plug", Script: "echo @@HOTPLUG-ADD@@ >/dev/console\n" + waitStatus("hot0", "unlocked") + "mapped hot0"},
+		Step{Name: "pcr15-after", Script: "diskcryptd pcr read 15"},
 		Step{Name: "lock", Script: "diskcryptd lock hot0\n" + waitStatus("hot0", "locked")},
 		Step{Name: "sighup", Script: "kill -HUP $(cat /run/serve.pid)\n" + waitStatus("hot0", "unlocked") + "mapped hot0"},
 		Step{Name: "unplug", Script: "echo @@HOTPLUG-DEL@@ >/dev/console\n" + waitStatus("hot0", "waiting") + "cat /run/serve.log"},
@@ -59,6 +61,12 @@ func TestHotplug(t *testing.T) {
 	for _, s := range []string{"serve", "plug", "lock", "sighup", "unplug"} {
 		r := ok(t, b2, s)
 		t.Logf("%s:\n%s", s, r.Stdout)
+	}
+	// serve measures the volume into PCR 15 by default when a TPM is present.
+	before, after := string(ok(t, b2, "pcr15-before").Stdout), string(ok(t, b2, "pcr15-after").Stdout)
+	t.Logf("PCR 15 before the unlock: %s; after: %s", strings.TrimSpace(before), strings.TrimSpace(after))
+	if !strings.Contains(before, strings.Repeat("0", 64)) || before == after {
+		t.Errorf("PCR 15 was not extended by the unlock: before %q, after %q", before, after)
 	}
 	if out := string(b2.Result("unplug").Stdout); !strings.Contains(out, "still maps it") {
 		t.Errorf("after the disk was pulled, the status does not say the mapping is left:\n%s", out)
