@@ -200,6 +200,9 @@ type Timing struct {
 	// Attempt bounds one attempt against one server: connect, TLS handshake, version
 	// negotiation and the response (default 5s).
 	Attempt time.Duration
+	// Connect bounds the TCP connect within an attempt (default 3s, at most Attempt),
+	// so a server whose SYNs go unanswered leaves time for the next one.
+	Connect time.Duration
 	// Rounds is how many times the server list is walked (default 4).
 	Rounds int
 	// Backoff is the base delay before the second round; it doubles each round up to
@@ -211,6 +214,9 @@ type Timing struct {
 func (t Timing) withDefaults() Timing {
 	if t.Attempt <= 0 {
 		t.Attempt = 5 * time.Second
+	}
+	if t.Connect <= 0 || t.Connect > t.Attempt {
+		t.Connect = min(3*time.Second, t.Attempt)
 	}
 	if t.Rounds <= 0 {
 		t.Rounds = 4
@@ -235,7 +241,7 @@ type session struct {
 func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 	cfg := p.id.config(server)
 	dialer := func(ctx context.Context) (net.Conn, error) {
-		var nd net.Dialer
+		nd := net.Dialer{Timeout: p.cfg.Timing.Connect}
 		raw, err := nd.DialContext(ctx, "tcp", server)
 		if err != nil {
 			return nil, err
