@@ -13,6 +13,29 @@ import (
 	"github.com/diskcryptd/diskcryptd/kms/kmiptest"
 )
 
+// kmsTLSFlags point the guest's diskcryptd at the TLS files startKMS returns.
+const kmsTLSFlags = "--kmip-ca /etc/kmip/ca.pem --kmip-cert /etc/kmip/client.pem --kmip-key /etc/kmip/client.key"
+
+// startKMS starts pykmip-server on the host and returns it, its address as the guest
+// sees it at guestPort, the forward that takes the guest there, and the boot files of
+// the client's TLS identity (/etc/kmip/{ca.pem,client.pem,client.key}).
+func startKMS(t *testing.T, guestPort int) (*kmiptest.Server, string, GuestFwd, map[string][]byte) {
+	t.Helper()
+	testpeer.Require(t, "socat")
+	srv := kmiptest.Start(t, net.ParseIP(GuestAddr))
+	_, portText, _ := net.SplitHostPort(srv.Addr)
+	hostPort, _ := strconv.Atoi(portText)
+	files := map[string][]byte{}
+	for guest, host := range map[string]string{"/etc/kmip/ca.pem": srv.CA.CertFile, "/etc/kmip/client.pem": srv.Client.CertFile, "/etc/kmip/client.key": srv.Client.KeyFile} {
+		b, err := os.ReadFile(host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[guest] = b
+	}
+	return srv, net.JoinHostPort(GuestAddr, strconv.Itoa(guestPort)), GuestFwd{GuestPort: guestPort, HostPort: hostPort}, files
+}
+
 // TestKMIPBoot: a guest whose only way out is a guestfwd to the host's pykmip-server
 // (user networking, restrict=on) enrolls a KMIP protector; on the next boot
 // "serve --once" unlocks the volume through the KMS alone (no passphrase file, no TPM
@@ -21,28 +44,11 @@ import (
 func TestKMIPBoot(t *testing.T) {
 	e := setup(t)
 	need(t, e, "diskcryptd")
-	testpeer.Require(t, "socat")
-	srv := kmiptest.Start(t, net.ParseIP(GuestAddr))
-	_, portText, _ := net.SplitHostPort(srv.Addr)
-	hostPort, _ := strconv.Atoi(portText)
-	const guestPort = 5696
-	server := net.JoinHostPort(GuestAddr, strconv.Itoa(guestPort))
+	srv, server, fwd, tlsFiles := startKMS(t, 5696)
 
 	f := newFixture(t, e)
-	f.m.GuestFwd = []GuestFwd{{GuestPort: guestPort, HostPort: hostPort}}
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	tlsFiles := map[string][]byte{
-		"/etc/kmip/ca.pem":     read(srv.CA.CertFile),
-		"/etc/kmip/client.pem": read(srv.Client.CertFile),
-		"/etc/kmip/client.key": read(srv.Client.KeyFile),
-	}
-	tlsFlags := " --kmip-ca /etc/kmip/ca.pem --kmip-cert /etc/kmip/client.pem --kmip-key /etc/kmip/client.key "
+	f.m.GuestFwd = []GuestFwd{fwd}
+	tlsFlags := " " + kmsTLSFlags + " "
 	files := f.files()
 	for k, v := range tlsFiles {
 		files[k] = v

@@ -2,14 +2,8 @@ package vmtests
 
 import (
 	"bytes"
-	"net"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/diskcryptd/diskcryptd/internal/testpeer"
-	"github.com/diskcryptd/diskcryptd/kms/kmiptest"
 )
 
 // fallback is the network protector of a reseal scenario: how to enrol it in the
@@ -46,25 +40,12 @@ func TestResealAfterFirmwareUpdate(t *testing.T) {
 func TestResealAfterFirmwareUpdateKMS(t *testing.T) {
 	e := setup(t)
 	need(t, e, "diskcryptd")
-	testpeer.Require(t, "socat")
-	srv := kmiptest.Start(t, net.ParseIP(GuestAddr))
-	_, portText, _ := net.SplitHostPort(srv.Addr)
-	hostPort, _ := strconv.Atoi(portText)
-	const guestPort = 5697
+	srv, server, fwd, files := startKMS(t, 5697)
 	f := newFixture(t, e)
-	f.m.GuestFwd = []GuestFwd{{GuestPort: guestPort, HostPort: hostPort}}
-	files := map[string][]byte{}
-	for guest, host := range map[string]string{"/etc/kmip/ca.pem": srv.CA.CertFile, "/etc/kmip/client.pem": srv.Client.CertFile, "/etc/kmip/client.key": srv.Client.KeyFile} {
-		b, err := os.ReadFile(host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[guest] = b
-	}
+	f.m.GuestFwd = []GuestFwd{fwd}
 	resealScenario(t, f, fallback{
-		files: files,
-		enroll: "diskcryptd enroll kmip --key-file " + passFile + " --kmip-server " + net.JoinHostPort(GuestAddr, strconv.Itoa(guestPort)) +
-			" --kmip-ca /etc/kmip/ca.pem --kmip-cert /etc/kmip/client.pem --kmip-key /etc/kmip/client.key $(disk data0)",
+		files:     files,
+		enroll:    "diskcryptd enroll kmip --key-file " + passFile + " --kmip-server " + server + " " + kmsTLSFlags + " $(disk data0)",
 		config:    []string{"kmip-ca /etc/kmip/ca.pem", "kmip-cert /etc/kmip/client.pem", "kmip-key /etc/kmip/client.key"},
 		tokenType: "diskcryptd-kmip",
 		stop:      srv.Stop,
