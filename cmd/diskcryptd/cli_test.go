@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -517,4 +518,40 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	n := copy(p[:min(len(p), c.chunk)], c.data)
 	c.data = c.data[n:]
 	return n, nil
+}
+
+// TestStatusSocketPermission: a user outside root and the diskcryptd group is told why
+// the daemon's status is missing, instead of seeing nothing.
+func TestStatusSocketPermission(t *testing.T) {
+	setpriv := testpeer.Path(t, "setpriv")
+	if os.Geteuid() != 0 {
+		testpeer.Missing(t, "needs root to run the CLI as another user")
+	}
+	// Not t.TempDir: its parent is private to root, and the other user must reach
+	// both the binary and the socket.
+	dir, err := os.MkdirTemp("", "dcstatus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "diskcryptd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	sock := filepath.Join(dir, "s.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := os.Chmod(sock, 0o660); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "status", "--socket", sock).CombinedOutput()
+	if !strings.Contains(string(out), "permission denied") || !strings.Contains(string(out), "group diskcryptd") {
+		t.Fatalf("no permission hint:\n%s", out)
+	}
 }

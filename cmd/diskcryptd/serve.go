@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -157,8 +159,8 @@ func tpmPresent(device string) bool {
 }
 
 // daemonStatus asks a running daemon for its volumes' states; ok is false when no
-// daemon answers on the socket.
-func daemonStatus(ctx context.Context, socket string) ([]daemon.VolumeStatus, bool) {
+// daemon answers on the socket. A socket the caller may not use is reported on stderr.
+func daemonStatus(ctx context.Context, stderr io.Writer, socket string) ([]daemon.VolumeStatus, bool) {
 	if _, err := os.Stat(socket); err != nil {
 		return nil, false
 	}
@@ -175,6 +177,10 @@ func daemonStatus(ctx context.Context, socket string) ([]daemon.VolumeStatus, bo
 	}
 	resp, err := c.Do(req)
 	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			// The socket is 0660 root:diskcryptd: say so rather than show nothing.
+			fmt.Fprintf(stderr, "diskcryptd: cannot read the daemon's status on %s: permission denied\nhint: the status socket is for root and the group %s\n", socket, daemon.DefaultSocketGroup)
+		}
 		return nil, false
 	}
 	defer resp.Body.Close()

@@ -218,7 +218,7 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	rep := statusReport{Mapped: []volumeStatus{}}
-	rep.Daemon, _ = daemonStatus(ctx, *socket)
+	rep.Daemon, _ = daemonStatus(ctx, e.stderr, *socket)
 	maps, err := blockdev.DMList(ctx)
 	if err != nil && rep.Daemon == nil {
 		return err
