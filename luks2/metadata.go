@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ const (
 	maxObjects    = 32
 	maxStripes    = 4000
 	maxSaltLen    = 256
+	minDigestLen  = 20
 	maxArgonMem   = 4 << 20 // KiB, cryptsetup's limit (4 GiB)
 	maxArgonTime  = 1 << 24
 	maxArgonLanes = 16
@@ -372,8 +374,13 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 			e.dynamic = true
 		} else {
 			v, err := parseDecimal(sg.Size)
-			if err != nil || v%uint64(sg.SectorSize) != 0 {
+			if err != nil || v == 0 || v%uint64(sg.SectorSize) != 0 {
 				return nil, invalid("segment %d: size %q", id, sg.Size)
+			}
+			// Offsets and sizes become int64 (device sizes, dm tables): their sum
+			// must not wrap.
+			if v > math.MaxInt64-uint64(sg.Offset) {
+				return nil, invalid("segment %d: offset %d + size %d overflows", id, sg.Offset, v)
 			}
 			e.size = v
 		}
@@ -480,6 +487,11 @@ func parseMetadata(js []byte, hdrSize int64) (*metadata, error) {
 		}
 		if e.digest, err = decodeB64(d.Digest, 64, "digest"); err != nil {
 			return nil, err
+		}
+		// A digest of a few bytes would let a wrong key pass (one byte: one
+		// passphrase in 256). cryptsetup writes the hash size, at least LUKS1's 20.
+		if len(e.digest) < minDigestLen {
+			return nil, invalid("digest %d: %d bytes, fewer than %d", id, len(e.digest), minDigestLen)
 		}
 		m.digests[id] = e
 	}
