@@ -178,34 +178,44 @@ func checksum(alg string, hdr []byte) []byte {
 }
 
 // readCopy reads and verifies the header copy at off: binary header, checksum and
-// JSON metadata.
-func readCopy(dev io.ReaderAt, off int64) (*headerCopy, error) {
+// JSON metadata. sound reports that the binary header and its checksum were valid,
+// whatever became of the JSON: cryptsetup then trusts its header size.
+func readCopy(dev io.ReaderAt, off int64) (c *headerCopy, sound *binHeader, err error) {
 	b := make([]byte, binHeaderSize)
 	if err := readFull(dev, b, off); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, ErrNotLUKS
+			return nil, nil, ErrNotLUKS
 		}
-		return nil, fmt.Errorf("luks2: reading header at %d: %w", off, err)
+		return nil, nil, fmt.Errorf("luks2: reading header at %d: %w", off, err)
 	}
 	bh, err := parseBinHeader(b, off)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	full := make([]byte, bh.hdrSize)
 	copy(full, b)
 	if err := readFull(dev, full[binHeaderSize:], off+binHeaderSize); err != nil {
-		return nil, fmt.Errorf("%w: reading JSON area at %d: %v", ErrInvalidMetadata, off, err)
+		return nil, nil, fmt.Errorf("%w: reading JSON area at %d: %v", ErrInvalidMetadata, off, err)
 	}
-	return parseCopy(full, bh)
+	if err := verifyChecksum(full, bh); err != nil {
+		return nil, nil, err
+	}
+	c, err = parseCopy(full, bh)
+	return c, bh, err
 }
 
-// parseCopy verifies the checksum of a complete header copy and parses its JSON.
-func parseCopy(full []byte, bh *binHeader) (*headerCopy, error) {
+func verifyChecksum(full []byte, bh *binHeader) error {
 	sum := checksum(bh.csumAlg, full)
 	stored := full[offCsum : offCsum+lenCsum]
 	if !bytes.Equal(stored[:len(sum)], sum) {
-		return nil, fmt.Errorf("%w: header checksum mismatch at offset %d", ErrInvalidMetadata, bh.hdrOffset)
+		return fmt.Errorf("%w: header checksum mismatch at offset %d", ErrInvalidMetadata, bh.hdrOffset)
 	}
+	return nil
+}
+
+// parseCopy parses the JSON area of a complete header copy whose checksum was
+// verified.
+func parseCopy(full []byte, bh *binHeader) (*headerCopy, error) {
 	area := full[binHeaderSize:]
 	end := bytes.IndexByte(area, 0)
 	if end < 0 {
@@ -260,19 +270,25 @@ type headerState struct {
 	best               *headerCopy
 }
 
-// readHeaders reads both copies and picks the valid one with the highest seqid.
+// readHeaders reads both copies and picks the valid one with the highest seqid. As
+// cryptsetup (LUKS2_disk_hdr_read) does, the secondary copy is looked for at the
+// primary's header size whenever the primary's binary header and checksum are sound,
+// even if its JSON is not; only without a sound primary are all the possible offsets
+// scanned. Otherwise a copy hidden in the unused tail of the primary's JSON area
+// would be read here and not by cryptsetup.
 func readHeaders(dev io.ReaderAt) (*headerState, error) {
 	st := &headerState{}
-	st.primary, st.primaryErr = readCopy(dev, 0)
+	var sound *binHeader
+	st.primary, sound, st.primaryErr = readCopy(dev, 0)
 	if errors.Is(st.primaryErr, ErrLUKS1) {
 		return nil, ErrLUKS1
 	}
-	if st.primary != nil {
-		st.secondary, st.secondaryErr = readCopy(dev, st.primary.bin.hdrSize)
+	if sound != nil {
+		st.secondary, _, st.secondaryErr = readCopy(dev, sound.hdrSize)
 	} else {
 		st.secondaryErr = ErrNotLUKS
 		for _, off := range secondaryOffsets {
-			c, err := readCopy(dev, off)
+			c, _, err := readCopy(dev, off)
 			if err == nil {
 				st.secondary, st.secondaryErr = c, nil
 				break

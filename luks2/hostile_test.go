@@ -1,6 +1,8 @@
 package luks2
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -58,5 +60,66 @@ func TestHostileMetadata(t *testing.T) {
 				t.Fatalf("accepted (err %v): %s", err, bad)
 			}
 		})
+	}
+}
+
+// TestSecondaryHiddenInPrimaryJSONArea: a primary copy whose binary header and
+// checksum are sound but whose JSON is refused makes the reader use the secondary
+// copy at the primary's header size, as cryptsetup does, never a copy planted at a
+// smaller header size inside the primary's JSON area (which a scan of every
+// possible offset would find first).
+func TestSecondaryHiddenInPrimaryJSONArea(t *testing.T) {
+	ctx := context.Background()
+	const hs = 32 << 10
+	o := crashFormatOpts()
+	o.HeaderSize = hs
+	o.UUID = "6a1c1c63-6d5c-4d1e-9a57-5d0f4f3c2b11"
+	real := memFormat(t, crashSize, "real", o)
+
+	// The planted copy: a 16 KiB secondary of another volume with the same UUID
+	// and a higher seqid, unlocked by "fake".
+	o2 := crashFormatOpts()
+	o2.UUID = o.UUID
+	fakeImg := memFormat(t, crashSize, "fake", o2)
+	fv, fd := openMem(t, fakeImg, ReadWrite)
+	for i := 0; i < 3; i++ {
+		if err := fv.SetLabel("fake", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	planted := fd.cur[DefaultHeaderSize : 2*DefaultHeaderSize]
+
+	img := bytes.Clone(real)
+	// The primary's JSON becomes something we refuse (a case-variant member that
+	// json-c would read as a separate member), then the planted copy goes into the
+	// unused tail of the primary's JSON area and the checksum is recomputed: an
+	// offline edit needs no key.
+	js := img[binHeaderSize:hs]
+	end := bytes.IndexByte(js, 0)
+	edited := strings.Replace(string(js[:end]), `"config":{`, `"Config":{},"config":{`, 1)
+	if edited == string(js[:end]) {
+		t.Fatal("edit did not apply")
+	}
+	clear(js)
+	copy(js, edited)
+	copy(img[DefaultHeaderSize:], planted)
+	copy(img[offCsum:offCsum+lenCsum], make([]byte, lenCsum))
+	copy(img[offCsum:], checksum("sha256", img[:hs]))
+
+	v, _ := openMem(t, img, ReadOnly)
+	md := v.Metadata()
+	if md.HeaderSize != hs || md.Label == "fake" {
+		t.Fatalf("read the planted copy: header size %d label %q", md.HeaderSize, md.Label)
+	}
+	if md.PrimaryValid || !md.SecondaryValid {
+		t.Fatalf("primary valid %v secondary valid %v", md.PrimaryValid, md.SecondaryValid)
+	}
+	vk, _, err := v.Unlock(ctx, []byte("real"))
+	if err != nil {
+		t.Fatalf("real passphrase: %v", err)
+	}
+	vk.Wipe()
+	if _, _, err := v.Unlock(ctx, []byte("fake")); !errors.Is(err, ErrNoKeyslotAccepts) {
+		t.Fatalf("fake passphrase: %v", err)
 	}
 }
