@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+	"github.com/diskcryptd/diskcryptd/internal/testimg"
 )
 
 func TestDeviceFile(t *testing.T) {
@@ -56,18 +55,11 @@ func TestDeviceFile(t *testing.T) {
 	}
 }
 
-// loopDevice attaches img to a loop device with the given logical sector
-// size, or skips (fails under CI) when loop devices cannot be used here.
+// loopDevice attaches img to a loop device with the given logical sector size
+// (testimg.Loop).
 func loopDevice(t *testing.T, img string, sectorSize int) string {
 	t.Helper()
-	losetup := testpeer.Path(t, "losetup")
-	out, err := exec.Command(losetup, "-f", "--show", "-b", strconv.Itoa(sectorSize), img).CombinedOutput()
-	if err != nil {
-		testpeer.Missing(t, "cannot attach a loop device: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command(losetup, "-d", dev).Run() })
-	return dev
+	return testimg.Loop(t, img, sectorSize)
 }
 
 func TestDeviceBlock(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/diskcryptd/diskcryptd/internal/testimg"
 
 	"github.com/diskcryptd/diskcryptd/blockdev"
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
@@ -28,10 +29,7 @@ func formatTestImage(t *testing.T, dir, name, tokenSecret string) string {
 	t.Helper()
 	ctx := context.Background()
 	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(p, 20<<20); err != nil {
+	if err := os.Rename(testimg.Sparse(t, 20<<20), p); err != nil {
 		t.Fatal(err)
 	}
 	kdf := luks2.KeyslotOptions{KDF: luks2.MinimumCostKDF()}
@@ -47,18 +45,10 @@ func formatTestImage(t *testing.T, dir, name, tokenSecret string) string {
 	return p
 }
 
-// loopDevice attaches img to a loop device (detached at cleanup); it skips, or fails
-// under CI, where loop devices cannot be used.
+// loopDevice attaches img to a loop device (testimg.Loop).
 func loopDevice(t *testing.T, img string) string {
 	t.Helper()
-	losetup := testpeer.Path(t, "losetup")
-	out, err := exec.Command(losetup, "-f", "--show", img).CombinedOutput()
-	if err != nil {
-		testpeer.Missing(t, "cannot attach a loop device: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command(losetup, "-d", dev).Run() })
-	return dev
+	return testimg.Loop(t, img, 0)
 }
 
 func rdev(t *testing.T, path string) string {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -38,4 +39,23 @@ func Run(t testing.TB, stdin string, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// Loop attaches img to a free loop device with the given logical sector size (0: the
+// default, 512) and returns its node; it is detached at cleanup. Where loop devices
+// cannot be used the test skips, or fails under CI.
+func Loop(t testing.TB, img string, sectorSize int) string {
+	t.Helper()
+	losetup := testpeer.Path(t, "losetup")
+	args := []string{"-f", "--show"}
+	if sectorSize > 0 {
+		args = append(args, "-b", strconv.Itoa(sectorSize))
+	}
+	out, err := exec.Command(losetup, append(args, img)...).CombinedOutput()
+	if err != nil {
+		testpeer.Missing(t, "cannot attach a loop device: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command(losetup, "-d", dev).Run() })
+	return dev
 }
