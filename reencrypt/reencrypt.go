@@ -215,7 +215,10 @@ func randomKey(n int) (*luks2.VolumeKey, error) {
 
 // Resume finishes a re-encryption in progress on dev, whether this package or
 // cryptsetup started it: it verifies the re-encryption digest with both keys
-// (opened with passphrase), recovers an interrupted hotzone, and goes on.
+// (opened with passphrase), recovers an interrupted hotzone, and goes on. It also
+// finishes cryptsetup's in-place encryption (`cryptsetup reencrypt --encrypt
+// --reduce-device-size`, mode encrypt with datashift resilience) started with
+// --init-only or interrupted.
 func Resume(ctx context.Context, dev luks2.Device, size int64, passphrase []byte, o *Options) error {
 	if o == nil {
 		o = &Options{}
@@ -230,6 +233,9 @@ func Resume(ctx context.Context, dev luks2.Device, size int64, passphrase []byte
 	}
 	if err != nil {
 		return err
+	}
+	if r.Keyslot.Mode == "encrypt" {
+		return resumeEncrypt(ctx, v, dev, passphrase, r, o)
 	}
 	oldVK, _, err := v.UnlockDigest(ctx, passphrase, r.DigestOld)
 	if err != nil {

@@ -1,0 +1,201 @@
+package reencrypt
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+	"github.com/diskcryptd/diskcryptd/luks2"
+)
+
+// plainFixture is an unencrypted image: random data in its first size-reduce
+// bytes, zeros after, ready for cryptsetup reencrypt --encrypt --reduce-device-size.
+type plainFixture struct {
+	img, kf string
+	plain   []byte
+	reduce  int64
+}
+
+func newPlainFixture(t testing.TB, size, reduce int64) *plainFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &plainFixture{img: filepath.Join(dir, "img"), kf: filepath.Join(dir, "key"), reduce: reduce}
+	writeImage(t, f.kf, []byte("passphrase"))
+	f.plain = make([]byte, size-reduce)
+	rand.Read(f.plain)
+	writeImage(t, f.img, append(bytes.Clone(f.plain), make([]byte, reduce)...))
+	return f
+}
+
+func (f *plainFixture) initArgs() []string {
+	return []string{"reencrypt", "--encrypt", "--force-offline-reencrypt", "--batch-mode", "--reduce-device-size", strconv.FormatInt(f.reduce, 10) + "",
+		"--sector-size", "4096", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", f.kf}
+}
+
+// check verifies, with cryptsetup's key and python3-cryptography (or, with
+// python false, golang.org/x/crypto/xts), that the data area holds the original
+// plaintext, and that no re-encryption is left.
+func (f *plainFixture) check(t testing.TB, python bool) {
+	t.Helper()
+	v, err := luks2.OpenFile(f.img, luks2.ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := v.Metadata()
+	_, rerr := v.Reencryption()
+	v.Close()
+	if !errors.Is(rerr, luks2.ErrNotReencrypting) {
+		t.Fatalf("still in re-encryption: %v", rerr)
+	}
+	key := dumpKey(t, f.img, f.kf)
+	img := readImage(t, f.img)
+	var pt []byte
+	if python {
+		pt = pyDecrypt(t, key, md.SectorSize, md.DataOffset, int64(len(f.plain)), f.img)
+	} else {
+		pt = refXTS(t, key, md.SectorSize, md.IVTweak, img[md.DataOffset:md.DataOffset+int64(len(f.plain))], true)
+	}
+	if !bytes.Equal(pt, f.plain) {
+		t.Fatalf("plaintext differs at byte %d", firstDiff(pt, f.plain))
+	}
+	// The moved copy of the first segment (plaintext) must be gone.
+	if bytes.Contains(img[len(img)-int(f.reduce/2):], f.plain[:4096]) {
+		t.Fatal("plaintext of the moved segment left at the end of the device")
+	}
+}
+
+// TestCryptsetupEncryptInitWeFinish: cryptsetup initializes an in-place encryption
+// (--init-only: header written, first segment moved to the end); we do the
+// encryption.
+func TestCryptsetupEncryptInitWeFinish(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	for _, c := range []struct{ size, reduce int64 }{{96 << 20, 32 << 20}, {100<<20 + 512<<10, 32 << 20}} {
+		t.Run(fmt.Sprint(c.size), func(t *testing.T) {
+			f := newPlainFixture(t, c.size, c.reduce)
+			cryptsetup(t, append(f.initArgs(), "--init-only", f.img)...)
+			if err := resumeFile(t, f.img, []byte("passphrase"), &Options{}); err != nil {
+				t.Fatal(err)
+			}
+			f.check(t, true)
+		})
+	}
+}
+
+// TestCryptsetupEncryptKilledWeFinish kills cryptsetup's in-place encryption after a
+// given number of metadata commits and finishes it.
+func TestCryptsetupEncryptKilledWeFinish(t *testing.T) {
+	cs := testpeer.Path(t, "cryptsetup")
+	for _, commits := range []uint64{1, 6, 21} {
+		t.Run(strconv.FormatUint(commits, 10), func(t *testing.T) {
+			f := newPlainFixture(t, 160<<20, 8<<20)
+			cmd := exec.Command(cs, append(f.initArgs(), f.img)...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			var base uint64
+		wait:
+			for {
+				select {
+				case <-done:
+					t.Fatal("cryptsetup finished before the kill")
+				case <-time.After(100 * time.Microsecond):
+				}
+				b := make([]byte, 24)
+				fh, _ := os.Open(f.img)
+				fh.ReadAt(b, 0)
+				fh.Close()
+				if string(b[:4]) != "LUKS" {
+					continue
+				}
+				seq := seqid(t, f.img)
+				if base == 0 {
+					base = seq
+				}
+				if seq >= base+commits {
+					break wait
+				}
+			}
+			cmd.Process.Kill()
+			<-done
+			r := reencState(t, readImage(t, f.img))
+			t.Logf("killed at seqid %d, hotzone in progress %v", seqid(t, f.img), r.Crashed())
+			if err := resumeFile(t, f.img, []byte("passphrase"), &Options{}); err != nil {
+				t.Fatal(err)
+			}
+			f.check(t, true)
+		})
+	}
+}
+
+// TestEncryptCrashAtEveryWrite resumes cryptsetup's in-place encryption (after
+// --init-only) and cuts our writes at every write and in the middle of each, keeps
+// all or only the synced writes, and resumes again (and, for a sample, lets
+// cryptsetup resume): the plaintext must come out whole.
+func TestEncryptCrashAtEveryWrite(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	f := newPlainFixture(t, 40<<20, 8<<20)
+	cryptsetup(t, append(f.initArgs(), "--init-only", f.img)...)
+	img := readImage(t, f.img)
+	o := &Options{Workers: 1}
+	full := newFaultDev(img, -1, 512)
+	if err := Resume(context.Background(), full, int64(len(img)), []byte("passphrase"), o); err != nil {
+		t.Fatal(err)
+	}
+	var cuts []int64
+	for i, w := range full.writes {
+		end := full.written
+		if i+1 < len(full.writes) {
+			end = full.writes[i+1]
+		}
+		cuts = append(cuts, w)
+		if mid := w + (end-w)/2/512*512; mid > w {
+			cuts = append(cuts, mid)
+		}
+	}
+	if raceEnabled {
+		var some []int64
+		for i := 0; i < len(cuts); i += 3 {
+			some = append(some, cuts[i])
+		}
+		cuts = some
+	}
+	t.Logf("%d writes, %d cut points", len(full.writes), len(cuts))
+	for n, cut := range cuts {
+		d := newFaultDev(img, cut, 512)
+		if err := Resume(context.Background(), d, int64(len(img)), []byte("passphrase"), o); !errors.Is(err, errCrash) {
+			t.Fatalf("cut %d: want a crash, got %v", cut, err)
+		}
+		for _, durable := range []bool{false, true} {
+			after := d.cur
+			if durable {
+				after = d.durable
+			}
+			name := fmt.Sprintf("cut %d durable %v", cut, durable)
+			if n%10 == 5 && !durable {
+				if _, err := reencStateErr(after); err == nil {
+					writeImage(t, f.img, after)
+					cryptsetup(t, "reencrypt", "--resume-only", "--force-offline-reencrypt", "--batch-mode", "--key-file", f.kf, f.img)
+					f.check(t, false)
+				}
+			}
+			fd := newFaultDev(after, -1, 512)
+			err := Resume(context.Background(), fd, int64(len(img)), []byte("passphrase"), o)
+			if err != nil && !errors.Is(err, ErrNotInProgress) {
+				t.Fatalf("%s: resume: %v", name, err)
+			}
+			writeImage(t, f.img, fd.cur)
+			f.check(t, false)
+		}
+	}
+}
