@@ -144,7 +144,7 @@ func TestCryptsetupEncryptKilledWeFinish(t *testing.T) {
 // cryptsetup resume): the plaintext must come out whole.
 func TestEncryptCrashAtEveryWrite(t *testing.T) {
 	testpeer.Require(t, "cryptsetup")
-	f := newPlainFixture(t, 40<<20, 8<<20)
+	f := newPlainFixture(t, 24<<20, 8<<20)
 	cryptsetup(t, append(f.initArgs(), "--init-only", f.img)...)
 	img := readImage(t, f.img)
 	o := &Options{Workers: 1}
@@ -182,20 +182,49 @@ func TestEncryptCrashAtEveryWrite(t *testing.T) {
 				after = d.durable
 			}
 			name := fmt.Sprintf("cut %d durable %v", cut, durable)
-			if n%10 == 5 && !durable {
-				if _, err := reencStateErr(after); err == nil {
-					writeImage(t, f.img, after)
+			// A sample goes to cryptsetup, except the state after the last hotzone
+			// (all data encrypted, the moved copy not yet wiped), which cryptsetup
+			// 2.6.1 cannot resume, its own run included.
+			if r, err := reencStateErr(after); err == nil && n%17 == 8 && !durable && (r.Crashed() || linearLeft(r.Active()) > 0) {
+				writeImage(t, f.img, after)
+				cryptsetup(t, "repair", "--batch-mode", "--key-file", f.kf, f.img)
+				if _, err := reencStateErr(readImage(t, f.img)); err == nil {
 					cryptsetup(t, "reencrypt", "--resume-only", "--force-offline-reencrypt", "--batch-mode", "--key-file", f.kf, f.img)
-					f.check(t, false)
 				}
+				f.memCheck(t, name+" (cryptsetup)", readImage(t, f.img))
 			}
 			fd := newFaultDev(after, -1, 512)
 			err := Resume(context.Background(), fd, int64(len(img)), []byte("passphrase"), o)
 			if err != nil && !errors.Is(err, ErrNotInProgress) {
 				t.Fatalf("%s: resume: %v", name, err)
 			}
-			writeImage(t, f.img, fd.cur)
-			f.check(t, false)
+			f.memCheck(t, name, fd.cur)
 		}
+	}
+}
+
+// memCheck is check on an in-memory image, with our keyslot code for the key and
+// golang.org/x/crypto/xts for the data.
+func (f *plainFixture) memCheck(t testing.TB, name string, img []byte) {
+	t.Helper()
+	v, err := luks2.OpenDevice(newFaultDev(img, -1, 1), int64(len(img)), luks2.ReadOnly)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	if _, err := v.Reencryption(); !errors.Is(err, luks2.ErrNotReencrypting) {
+		t.Fatalf("%s: still in re-encryption: %v", name, err)
+	}
+	vk, _, err := v.Unlock(context.Background(), []byte("passphrase"))
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	defer vk.Wipe()
+	md := v.Metadata()
+	pt := refXTS(t, vk.Bytes(), md.SectorSize, md.IVTweak, img[md.DataOffset:md.DataOffset+int64(len(f.plain))], true)
+	if !bytes.Equal(pt, f.plain) {
+		t.Fatalf("%s: plaintext differs at byte %d", name, firstDiff(pt, f.plain))
+	}
+	if bytes.Contains(img[len(img)-int(f.reduce/2):], f.plain[:4096]) {
+		t.Fatalf("%s: plaintext of the moved segment left at the end of the device", name)
 	}
 }

@@ -241,6 +241,7 @@ type faultDev struct {
 	crashed         bool
 	writes          []int64 // cumulative byte count at the start of each write
 	offs            []int64 // device offset of each write
+	dirty           [][2]int64
 }
 
 func newFaultDev(img []byte, budget, atom int64) *faultDev {
@@ -273,6 +274,7 @@ func (d *faultDev) WriteAt(p []byte, off int64) (int, error) {
 		d.crashed = true
 	}
 	copy(d.cur[off:], p[:n])
+	d.dirty = append(d.dirty, [2]int64{off, off + n})
 	d.written += n
 	if d.crashed {
 		return int(n), errCrash
@@ -286,7 +288,10 @@ func (d *faultDev) Sync() error {
 	if d.crashed {
 		return errCrash
 	}
-	copy(d.durable, d.cur)
+	for _, r := range d.dirty {
+		copy(d.durable[r[0]:r[1]], d.cur[r[0]:r[1]])
+	}
+	d.dirty = d.dirty[:0]
 	return nil
 }
 
