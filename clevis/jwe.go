@@ -120,6 +120,14 @@ func parseJWE(b []byte, depth int) (*JWE, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
+	// clevis never compresses: a "zip" header would make go-jose inflate the plaintext
+	// (up to 250 kB from a few hundred bytes of token) before any key check of ours,
+	// and "crit" names extensions we do not implement.
+	for _, k := range []jose.HeaderKey{"zip", "crit"} {
+		if _, ok := obj.Header.ExtraHeaders[k]; ok {
+			return nil, fmt.Errorf("%w: JWE has %q (clevis does not write it)", ErrMalformed, k)
+		}
+	}
 	j := &JWE{obj: obj, KeyID: obj.Header.KeyID}
 	raw, ok := obj.Header.ExtraHeaders["clevis"]
 	if !ok {

@@ -7,6 +7,8 @@ import (
 	"math/big"
 	"strings"
 	"testing"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // TestSSSRecover: any t of n shares give the secret; t-1 do not.
@@ -108,6 +110,19 @@ func TestParseJWERefuses(t *testing.T) {
 		{"no clevis header", "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA", "clevis"},
 		{"unprotected header", `{"protected":"eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0","unprotected":{"clevis":{}},"iv":"","ciphertext":"","tag":""}`, "unprotected"},
 		{"alg not allowed", "eyJhbGciOiJSU0ExXzUiLCJlbmMiOiJBMjU2R0NNIn0.AA.AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA", ""},
+		{"zip (a deflate bomb go-jose would inflate)", func() string {
+			enc, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.DIRECT, Key: make([]byte, 32)},
+				(&jose.EncrypterOptions{Compression: jose.DEFLATE}).WithHeader("clevis", map[string]any{"pin": "tpm2", "tpm2": map[string]any{}}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			obj, err := enc.Encrypt(make([]byte, 200<<10))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, _ := obj.CompactSerialize()
+			return s
+		}(), "zip"},
 	} {
 		_, err := ParseJWE([]byte(tc.jwe))
 		if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
