@@ -191,23 +191,33 @@ func (p *Pins) decryptTPM2(ctx context.Context, j *JWE) ([]byte, error) {
 	return decryptWith(j, key)
 }
 
-// octKey returns the key of a symmetric JWK; the caller wipes it.
+// octKey returns the key of a symmetric JWK; the caller wipes it. The key's text is
+// held only in byte slices that are wiped, never in a Go string.
 func octKey(b []byte) ([]byte, error) {
 	var k struct {
-		Kty string `json:"kty"`
-		K   string `json:"k"`
+		Kty string          `json:"kty"`
+		K   json.RawMessage `json:"k"`
 	}
-	if err := json.Unmarshal(b, &k); err != nil {
+	err := json.Unmarshal(b, &k)
+	defer clear(k.K)
+	if err != nil {
 		return nil, errors.New("not a JWK")
 	}
 	if k.Kty != "oct" {
 		return nil, fmt.Errorf("JWK kty %q, want oct", k.Kty)
 	}
-	key, err := base64.RawURLEncoding.DecodeString(k.K)
-	if err != nil || len(key) == 0 {
+	text := k.K
+	if len(text) < 2 || text[0] != '"' || text[len(text)-1] != '"' || bytes.IndexByte(text, '\\') >= 0 {
+		return nil, errors.New("JWK k is not a base64url string")
+	}
+	text = text[1 : len(text)-1]
+	key := make([]byte, base64.RawURLEncoding.DecodedLen(len(text)))
+	n, err := base64.RawURLEncoding.Decode(key, text)
+	if err != nil || n == 0 {
+		clear(key)
 		return nil, errors.New("JWK k is not base64url")
 	}
-	return key, nil
+	return key[:n], nil
 }
 
 // decryptSSS decrypts the shares concurrently and stops at t: the others are
@@ -442,7 +452,10 @@ func (p *Pins) encryptTPM2(ctx context.Context, raw json.RawMessage, plaintext [
 		return "", err
 	}
 	defer clear(cek)
-	jwk := []byte(`{"alg":"A256GCM","k":"` + base64.RawURLEncoding.EncodeToString(cek) + `","key_ops":["encrypt","decrypt"],"kty":"oct"}`)
+	// Built in a byte slice, never a string, so that it can be wiped.
+	jwk := append([]byte(`{"alg":"A256GCM","k":"`), make([]byte, 0, 128)...)
+	jwk = base64.RawURLEncoding.AppendEncode(jwk, cek)
+	jwk = append(jwk, `","key_ops":["encrypt","decrypt"],"kty":"oct"}`...)
 	defer clear(jwk)
 	h, err := p.TPM2.Seal(ctx, jwk, pcrs, bank)
 	if err != nil {

@@ -69,10 +69,12 @@ func (poly *polynomial) key() []byte { return poly.e[0].FillBytes(make([]byte, s
 
 // point returns a share x||y at a random x, y = sum e[i] x^i mod p.
 func (poly *polynomial) point() ([]byte, error) {
-	x, err := rand.Int(rand.Reader, poly.p)
+	// x in [1, p): the share at x = 0 is the secret itself.
+	x, err := rand.Int(rand.Reader, new(big.Int).Sub(poly.p, big.NewInt(1)))
 	if err != nil {
 		return nil, fmt.Errorf("clevis: sss point: %w", err)
 	}
+	x.Add(x, big.NewInt(1))
 	y := new(big.Int)
 	xi := big.NewInt(1)
 	tmp := new(big.Int)
@@ -86,21 +88,31 @@ func (poly *polynomial) point() ([]byte, error) {
 	out := make([]byte, 2*sssBytes)
 	x.FillBytes(out[:sssBytes])
 	y.FillBytes(out[sssBytes:])
+	wipeInts(y, tmp)
 	return out, nil
 }
 
-// wipe zeroes the coefficients.
-func (poly *polynomial) wipe() {
-	for _, e := range poly.e {
-		e.SetInt64(0)
+// wipeInts zeroes the words of each big.Int and sets it to 0: SetInt64(0) alone only
+// shortens the slice and leaves the words in memory.
+func wipeInts(v ...*big.Int) {
+	for _, n := range v {
+		if n == nil {
+			continue
+		}
+		clear(n.Bits())
+		n.SetInt64(0)
 	}
 }
+
+// wipe zeroes the coefficients.
+func (poly *polynomial) wipe() { wipeInts(poly.e...) }
 
 // recoverSecret interpolates the points (each x||y of len(p) bytes) at 0 modulo p and
 // returns the secret as 32 bytes. Points outside [0,p) or sharing an x are refused.
 func recoverSecret(p *big.Int, points [][]byte) ([]byte, error) {
 	xs := make([]*big.Int, len(points))
 	ys := make([]*big.Int, len(points))
+	defer func() { wipeInts(ys...) }()
 	for i, pt := range points {
 		if len(pt) != 2*sssBytes {
 			return nil, fmt.Errorf("%w: sss share %d has %d bytes (want %d)", ErrMalformed, i, len(pt), 2*sssBytes)
@@ -109,6 +121,10 @@ func recoverSecret(p *big.Int, points [][]byte) ([]byte, error) {
 		ys[i] = new(big.Int).SetBytes(pt[sssBytes:])
 		if xs[i].Cmp(p) >= 0 || ys[i].Cmp(p) >= 0 {
 			return nil, fmt.Errorf("%w: sss share %d lies outside the field", ErrMalformed, i)
+		}
+		if xs[i].Sign() == 0 {
+			// Never written (point draws x >= 1); a share at 0 would be the key itself.
+			return nil, fmt.Errorf("%w: sss share %d is at x = 0", ErrMalformed, i)
 		}
 		for j := range i {
 			if xs[j].Cmp(xs[i]) == 0 {
@@ -142,10 +158,6 @@ func recoverSecret(p *big.Int, points [][]byte) ([]byte, error) {
 		k.Mod(k, p)
 	}
 	out := k.FillBytes(make([]byte, sssBytes))
-	k.SetInt64(0)
-	acc.SetInt64(0)
-	for _, y := range ys {
-		y.SetInt64(0)
-	}
+	wipeInts(k, acc, tmp)
 	return out, nil
 }

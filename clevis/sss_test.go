@@ -149,3 +149,82 @@ func TestDescribe(t *testing.T) {
 		t.Fatalf("Describe = %q, want %q", got, want)
 	}
 }
+
+// TestSSSShareAtZero: a share at x = 0 is the key itself; it is refused, and point
+// never draws it.
+func TestSSSShareAtZero(t *testing.T) {
+	poly := fixedPolynomial(2)
+	a, _ := poly.point()
+	zero := make([]byte, 2*sssBytes)
+	poly.e[0].FillBytes(zero[sssBytes:]) // (0, f(0))
+	if _, err := recoverSecret(poly.p, [][]byte{a, zero}); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "x = 0") {
+		t.Fatalf("share at x = 0: %v, want ErrMalformed saying x = 0", err)
+	}
+	// A polynomial over the smallest prime (p = 2): x can only be 0 or 1.
+	small := &polynomial{p: big.NewInt(2), e: []*big.Int{big.NewInt(1)}}
+	for range 64 {
+		pt, err := small.point()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if new(big.Int).SetBytes(pt[:sssBytes]).Sign() == 0 {
+			t.Fatal("point drew x = 0")
+		}
+	}
+}
+
+// TestSSSWipe: wipe zeroes the coefficients' memory, not only their length.
+func TestSSSWipe(t *testing.T) {
+	poly := fixedPolynomial(3)
+	var words [][]big.Word
+	for _, e := range poly.e {
+		words = append(words, e.Bits())
+	}
+	poly.wipe()
+	for i, w := range words {
+		for _, x := range w {
+			if x != 0 {
+				t.Fatalf("coefficient %d still in memory after wipe: %x", i, w)
+			}
+		}
+	}
+}
+
+// fixedPolynomial is a polynomial of degree t-1 modulo the prime 2^256 - 189, with
+// coefficients 1, 2, ..., without the cost of drawing a safe prime.
+func fixedPolynomial(t int) *polynomial {
+	p := new(big.Int).Lsh(big.NewInt(1), 256)
+	p.Sub(p, big.NewInt(189))
+	poly := &polynomial{p: p}
+	for i := range t {
+		poly.e = append(poly.e, new(big.Int).Lsh(big.NewInt(int64(i+1)), 200))
+	}
+	return poly
+}
+
+// TestOctKey: the key of the tpm2 pin's sealed JWK, as clevis and we write it.
+func TestOctKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, jwk string
+		want      []byte // nil: refused
+	}{
+		{"clevis", `{"alg":"A256GCM","k":"AAECAw","key_ops":["encrypt","decrypt"],"kty":"oct"}`, []byte{0, 1, 2, 3}},
+		{"escaped", `{"k":"AAEC\u0041w","kty":"oct"}`, nil},
+		{"not a string", `{"k":12,"kty":"oct"}`, nil},
+		{"empty", `{"k":"","kty":"oct"}`, nil},
+		{"not base64url", `{"k":"AA+/","kty":"oct"}`, nil},
+		{"EC", `{"k":"AAECAw","kty":"EC"}`, nil},
+		{"not JSON", `{"k":"AAECAw"`, nil},
+	} {
+		got, err := octKey([]byte(tc.jwk))
+		if tc.want == nil {
+			if err == nil {
+				t.Errorf("%s: accepted, key %x", tc.name, got)
+			}
+			continue
+		}
+		if err != nil || !bytes.Equal(got, tc.want) {
+			t.Errorf("%s: %x, %v; want %x", tc.name, got, err, tc.want)
+		}
+	}
+}
