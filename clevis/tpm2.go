@@ -23,7 +23,8 @@ type TPMDevice struct {
 	// Open, if set, opens the TPM instead of Device.
 	Open func(ctx context.Context) (transport.TPMCloser, error)
 
-	mu sync.Mutex
+	once sync.Once
+	sem  chan struct{} // holds one token while a call uses the TPM
 }
 
 var _ TPM2 = (*TPMDevice)(nil)
@@ -102,8 +103,15 @@ func (d *TPMDevice) Unseal(ctx context.Context, h *tpm.ClevisTPM2) ([]byte, erro
 // withPrimary runs f with the TPM opened and clevis's primary key of alg loaded,
 // holding the device for itself.
 func (d *TPMDevice) withPrimary(ctx context.Context, alg tpm.PrimaryAlg, f func(transport.TPM, *tpm.Key) error) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	// Wait for the TPM as long as ctx allows: the shares of an sss pin, or several
+	// volumes, may queue for it while another call holds it.
+	d.once.Do(func() { d.sem = make(chan struct{}, 1) })
+	select {
+	case d.sem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("clevis: waiting for the TPM: %w", ctx.Err())
+	}
+	defer func() { <-d.sem }()
 	t, err := d.open(ctx)
 	if err != nil {
 		return err
