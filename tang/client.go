@@ -85,8 +85,13 @@ func NewHTTPClient(caFile string) (*http.Client, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	return &http.Client{Transport: tr}, nil
+	return &http.Client{Transport: tr, CheckRedirect: noRedirects}, nil
 }
+
+// noRedirects makes a redirect an answer like any other non-200 one: clevis's curl
+// does not follow them, and a Tang URL that sends its caller elsewhere (another
+// host, https to http) is a misconfiguration or an attack, not a server to trust.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 func (c *Client) http() *http.Client {
 	if c.HTTP != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -59,5 +60,28 @@ func TestRecMalformedAnswers(t *testing.T) {
 				t.Fatalf("got %v; want a tang.Error for %s saying %q", err, s.URL, tc.want)
 			}
 		})
+	}
+}
+
+// TestNoRedirects: a Tang URL that answers with a redirect is not followed, as
+// clevis's curl does not follow it: the request fails with the status.
+func TestNoRedirects(t *testing.T) {
+	adv, err := os.ReadFile("testdata/adv.jws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(adv) }))
+	defer target.Close()
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer redirect.Close()
+	c := &Client{Timeout: 5 * time.Second}
+	if _, err := c.Adv(context.Background(), target.URL, ""); err != nil {
+		t.Fatalf("the target itself: %v", err)
+	}
+	_, err = c.Adv(context.Background(), redirect.URL, "")
+	if !errors.Is(err, ErrStatus) || !strings.Contains(err.Error(), "307") {
+		t.Fatalf("redirected: %v; want ErrStatus 307", err)
 	}
 }
