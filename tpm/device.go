@@ -117,12 +117,27 @@ type streamTPM struct {
 	stream bool
 	// rm is set for a kernel resource manager (/dev/tpmrm0).
 	rm bool
+	// broken is set when a command on a socket was interrupted (deadline, cancel,
+	// short read): the TPM's late answer would be read as the next command's, so
+	// the connection takes no more commands.
+	broken error
 }
 
 // Send implements transport.TPM.
 func (s *streamTPM) Send(cmd []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.broken != nil {
+		return nil, fmt.Errorf("tpm: %s: connection unusable after an interrupted command: %w", s.name, s.broken)
+	}
+	rsp, err := s.send(cmd)
+	if err != nil && s.stream {
+		s.broken = err
+	}
+	return rsp, err
+}
+
+func (s *streamTPM) send(cmd []byte) ([]byte, error) {
 	if _, err := s.rw.Write(cmd); err != nil {
 		return nil, fmt.Errorf("tpm: write to %s: %w", s.name, err)
 	}
@@ -182,11 +197,20 @@ func (c ctxTPM) Send(cmd []byte) ([]byte, error) {
 	if err := c.ctx.Err(); err != nil {
 		return nil, fmt.Errorf("tpm: %w", err)
 	}
-	if s, ok := c.t.(*streamTPM); ok {
+	if s, ok := c.t.(*streamTPM); ok && s.conn != nil {
 		if d, ok := c.ctx.Deadline(); ok {
 			s.setDeadline(d)
-			defer s.setDeadline(time.Time{})
 		}
+		// A cancel without a deadline (the losers of a race, an sss pin reaching its
+		// threshold) must also end a wait for a TPM that does not answer.
+		fired := make(chan struct{})
+		stop := context.AfterFunc(c.ctx, func() { s.setDeadline(time.Now()); close(fired) })
+		defer func() {
+			if !stop() {
+				<-fired
+			}
+			s.setDeadline(time.Time{})
+		}()
 	}
 	for {
 		rsp, err := c.t.Send(cmd)
