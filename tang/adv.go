@@ -23,6 +23,12 @@ var ErrUntrusted = errors.New("tang: advertisement not signed by a trusted key")
 // maxAdv bounds an advertisement (a real one is about 1.5 KiB).
 const maxAdv = 64 << 10
 
+// maxKeys bounds the keys of an advertisement (tangd advertises two per active key
+// pair, and keeps rotated-out keys out of /adv): every signing key's signature is
+// checked against each of the JWS's signatures (go-jose allows 32), so 64 KiB of
+// small P-256 keys would otherwise cost thousands of ECDSA verifications.
+const maxKeys = 16
+
 // signingAlgs is the allow-list of advertisement signature algorithms.
 var signingAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.ES512}
 
@@ -82,6 +88,9 @@ func ParseKeys(jwks []byte) (*Adv, error) {
 	}
 	if err := json.Unmarshal(jwks, &set); err != nil {
 		return nil, fmt.Errorf("%w: key set: %v", ErrAdv, err)
+	}
+	if len(set.Keys) > maxKeys {
+		return nil, fmt.Errorf("%w: %d keys (at most %d)", ErrAdv, len(set.Keys), maxKeys)
 	}
 	a := &Adv{JWKS: append(json.RawMessage(nil), jwks...)}
 	for i, raw := range set.Keys {

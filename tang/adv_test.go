@@ -3,6 +3,8 @@ package tang
 import (
 	"context"
 	"crypto"
+	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"net/http/httptest"
@@ -88,5 +90,40 @@ func TestHTTPSWithCAFile(t *testing.T) {
 	var te *Error
 	if !errors.As(err, &te) || te.URL != front.URL || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("https without the CA: %v, want a certificate error naming %s", err, front.URL)
+	}
+}
+
+// TestTooManyKeys: a key set of more keys than a Tang server advertises is refused
+// before any signature is checked.
+func TestTooManyKeys(t *testing.T) {
+	b, err := os.ReadFile("testdata/adv.jws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jws struct {
+		Payload string `json:"payload"`
+	}
+	if err := json.Unmarshal(b, &jws); err != nil {
+		t.Fatal(err)
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(jws.Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(payload, &set); err != nil || len(set.Keys) == 0 {
+		t.Fatalf("payload: %v", err)
+	}
+	if _, err := ParseKeys(payload); err != nil {
+		t.Fatalf("the real key set: %v", err)
+	}
+	for len(set.Keys) <= maxKeys {
+		set.Keys = append(set.Keys, set.Keys...)
+	}
+	many, _ := json.Marshal(set)
+	if _, err := ParseKeys(many); !errors.Is(err, ErrAdv) || !strings.Contains(err.Error(), "keys") {
+		t.Fatalf("%d keys: %v, want ErrAdv", len(set.Keys), err)
 	}
 }
