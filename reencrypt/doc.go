@@ -90,8 +90,21 @@
 // forward, with checksum or journal resilience, over a data segment of dynamic size
 // that keeps its place, is run. Rotate keeps cipher and sector size; Resume also
 // finishes a cryptsetup run that changes the sector size (512 to 4096, say). Other
-// runs cryptsetup started (encrypt, decrypt, datashift, backward, resilience none)
-// fail with ErrUnsupported and are left for cryptsetup. In-place encryption
-// (cryptsetup reencrypt --encrypt) is not implemented; CheckTailFree is the check
-// cryptsetup lacks before it.
+// runs cryptsetup started (decrypt, resilience none, encryption with a detached
+// header) fail with ErrUnsupported and are left for cryptsetup.
+//
+// # In-place encryption
+//
+// Resume also finishes cryptsetup's in-place encryption (`cryptsetup reencrypt
+// --encrypt --reduce-device-size`: mode encrypt, direction backward, resilience
+// datashift, the first data segment moved to the end of the device), started with
+// --init-only or interrupted: hotzones of the shift size from the end, each read
+// from where its plaintext lies and written encrypted shift bytes further, hot and
+// post segments as cryptsetup's reencrypt_make_hot_segments_encrypt_shift and
+// _enc_create_segments_shift_after compute them; after a crash the hotzone is
+// rewritten from its source, which only the next hotzone overwrites. At the end the
+// moved copy (plaintext) is overwritten with random data before the final commit.
+// Starting an in-place encryption is not implemented here; CheckTailFree is the
+// check cryptsetup lacks before it (the filesystem must end before the last
+// --reduce-device-size bytes).
 package reencrypt

@@ -27,7 +27,7 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 	hotzone := f.String("hotzone-size", "", "largest hotzone, e.g. 64M (default 64 MiB; journal: also the journal size)")
 	jsonOut := f.Bool("json", false, "print progress as JSON lines on standard output")
 	drop := f.Bool("drop-other-keyslots", false, "allow rotation when other keyslots exist (they are removed; re-enroll them afterwards)")
-	encrypt := f.Bool("encrypt", false, "encrypt an existing filesystem in place (not implemented; use cryptsetup)")
+	encrypt := f.Bool("encrypt", false, "check that an in-place encryption would not destroy data (start it with cryptsetup --init-only, finish it with --resume-only)")
 	reduce := f.String("reduce-device-size", "", "with --encrypt: the free space at the end of the device the header moves into")
 	var kdf kdfFlags
 	kdf.register(f)
@@ -233,5 +233,6 @@ func cmdEncryptInPlace(e *env, dev, reduce string) error {
 		return withCode(exitDevice, "shrink the filesystem first (resize2fs, btrfs filesystem resize; xfs cannot shrink) so that it ends before the last "+reduce, err)
 	}
 	fmt.Fprintf(e.stdout, "%s: %s leaves the last %d bytes free\n", dev, fs, n)
-	return withCode(exitUsage, "run cryptsetup reencrypt --encrypt --reduce-device-size "+reduce+" "+dev+"; diskcryptd reencrypt --resume-only finishes only key rotations", errors.New("in-place encryption is not implemented in diskcryptd yet"))
+	return withCode(exitUsage, "start it with: cryptsetup reencrypt --encrypt --init-only --reduce-device-size "+reduce+" "+dev+
+		", then finish it with: diskcryptd reencrypt --resume-only --key-file FILE "+dev, errors.New("starting an in-place encryption is not implemented in diskcryptd yet"))
 }
