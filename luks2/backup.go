@@ -1,6 +1,7 @@
 package luks2
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -66,9 +67,19 @@ func (v *Volume) BackupFile(path string) error {
 }
 
 // RestoreHeader writes the header backup in backup (backupSize bytes, as written by
-// Backup or `cryptsetup luksHeaderBackup`) onto dev (size bytes): keyslots area
-// first, then both header copies, syncing in between. The backup is validated first;
-// its data segment must start within the device. Whatever metadata dev had is lost.
+// Backup or `cryptsetup luksHeaderBackup`) onto dev (size bytes). The backup is
+// validated first; its data segment must start within the device and, when dev
+// already carries a valid LUKS2 header, at the same offset and with the same
+// header and keyslots-area sizes (as cryptsetup's luksHeaderRestore requires).
+// Whatever keyslots dev had are lost.
+//
+// A crash leaves the volume opening with the device's old passphrases or with the
+// backup's: the backup's keyslot areas that the device's header does not use are
+// written first; then, only if the two headers' keyslots share an area with
+// different contents (which no ordering can make safe), those areas; then the
+// primary copy and the secondary, at a seqid above both the device's and the
+// backup's, so that the first complete new copy wins; last, the rest of the
+// keyslots area, which destroys the old keyslots. Each step is synced.
 func RestoreHeader(dev Device, size int64, backup io.ReaderAt, backupSize int64) error {
 	bv, err := OpenDevice(readOnlyAt{backup}, backupSize, ReadOnly)
 	if err != nil {
@@ -78,26 +89,81 @@ func RestoreHeader(dev Device, size int64, backup io.ReaderAt, backupSize int64)
 	if backupSize < areas {
 		return fmt.Errorf("%w: header backup is %d bytes, metadata needs %d", ErrInvalidMetadata, backupSize, areas)
 	}
-	if _, s := bv.meta.dataSegment(); s != nil && int64(s.sg.Offset) >= size {
-		return fmt.Errorf("%w: backup's data offset %d is beyond the device size %d", ErrDeviceTooSmall, s.sg.Offset, size)
+	if areas > size {
+		return fmt.Errorf("%w: header backup needs %d bytes, device has %d", ErrDeviceTooSmall, areas, size)
 	}
-	buf := make([]byte, 1<<20)
-	for off := 2 * bv.bin.hdrSize; off < areas; {
-		n := min(int64(len(buf)), areas-off)
-		if err := readFull(backup, buf[:n], off); err != nil {
-			return fmt.Errorf("luks2: reading header backup: %w", err)
-		}
-		if err := writeFull(dev, buf[:n], off); err != nil {
-			return fmt.Errorf("luks2: writing keyslots area: %w", err)
-		}
-		off += n
+	_, bseg := bv.meta.dataSegment()
+	if bseg != nil && int64(bseg.sg.Offset) >= size {
+		return fmt.Errorf("%w: backup's data offset %d is beyond the device size %d", ErrDeviceTooSmall, bseg.sg.Offset, size)
 	}
-	if err := dev.Sync(); err != nil {
-		return fmt.Errorf("luks2: sync: %w", err)
+	seq := bv.bin.seqid
+	// The device's own header, if it has a valid one: its live keyslot areas are
+	// left alone until the backup's header is on disk.
+	var live [][2]int64
+	if cur, err := readHeaders(dev); err == nil {
+		if err := restoreCompatible(cur.best, bv); err != nil {
+			return err
+		}
+		for _, c := range []*headerCopy{cur.primary, cur.secondary} {
+			if c == nil {
+				continue
+			}
+			seq = max(seq, c.bin.seqid)
+			for _, e := range c.meta.keyslots {
+				live = append(live, [2]int64{int64(e.ks.Area.Offset), int64(e.ks.Area.Offset + e.ks.Area.Size)})
+			}
+		}
+	}
+	var used [][2]int64
+	for _, e := range bv.meta.keyslots {
+		used = append(used, [2]int64{int64(e.ks.Area.Offset), int64(e.ks.Area.Offset + e.ks.Area.Size)})
+	}
+	overlaps := func(rs [][2]int64, a, b int64) bool {
+		for _, r := range rs {
+			if a < r[1] && r[0] < b {
+				return true
+			}
+		}
+		return false
+	}
+	const block = 4096
+	want := make([]byte, block)
+	have := make([]byte, block)
+	// pass writes every block of the keyslots area that differs on dev and for
+	// which pick is true, then syncs.
+	pass := func(pick func(a, b int64) bool) error {
+		for off := 2 * bv.bin.hdrSize; off < areas; off += block {
+			n := min(block, areas-off)
+			if !pick(off, off+n) {
+				continue
+			}
+			if err := readFull(backup, want[:n], off); err != nil {
+				return fmt.Errorf("luks2: reading header backup: %w", err)
+			}
+			if err := readFull(dev, have[:n], off); err == nil && bytes.Equal(want[:n], have[:n]) {
+				continue
+			}
+			if err := writeFull(dev, want[:n], off); err != nil {
+				return fmt.Errorf("luks2: writing keyslots area: %w", err)
+			}
+		}
+		if err := dev.Sync(); err != nil {
+			return fmt.Errorf("luks2: sync: %w", err)
+		}
+		return nil
+	}
+	defer wipe(want)
+	defer wipe(have)
+	if err := pass(func(a, b int64) bool { return overlaps(used, a, b) && !overlaps(live, a, b) }); err != nil {
+		return err
+	}
+	if err := pass(func(a, b int64) bool { return overlaps(used, a, b) && overlaps(live, a, b) }); err != nil {
+		return err
 	}
 	js := bv.meta.encode()
-	for _, secondary := range []bool{true, false} {
+	for _, secondary := range []bool{false, true} {
 		h := bv.bin
+		h.seqid = seq + 1
 		h.secondary = secondary
 		h.hdrOffset = 0
 		h.salt = bv.saltP
@@ -115,11 +181,30 @@ func RestoreHeader(dev Device, size int64, backup io.ReaderAt, backupSize int64)
 			return fmt.Errorf("luks2: sync: %w", err)
 		}
 	}
+	return pass(func(a, b int64) bool { return !overlaps(used, a, b) })
+}
+
+// restoreCompatible refuses, as cryptsetup does, a backup whose data offset or
+// metadata size differs from the header on the device (unless the device is in the
+// middle of a re-encryption, whose header cryptsetup does not compare either).
+func restoreCompatible(cur *headerCopy, bv *Volume) error {
+	if r := cur.meta.config.Requirements; r != nil && len(r.Mandatory) > 0 {
+		return nil
+	}
+	_, cs := cur.meta.dataSegment()
+	_, bs := bv.meta.dataSegment()
+	if cs != nil && bs != nil && cs.sg.Offset != bs.sg.Offset {
+		return fmt.Errorf("%w: data offset differs on device (%d) and backup (%d)", ErrInvalidMetadata, cs.sg.Offset, bs.sg.Offset)
+	}
+	if cur.bin.hdrSize != bv.bin.hdrSize || cur.meta.config.KeyslotsSize != bv.meta.config.KeyslotsSize {
+		return fmt.Errorf("%w: header and keyslots area sizes differ on device and backup", ErrInvalidMetadata)
+	}
 	return nil
 }
 
 // RestoreHeaderFile restores the backup file at backupPath onto the device or image
-// at devicePath (see RestoreHeader).
+// at devicePath (see RestoreHeader), holding the device's metadata lock (the one
+// cryptsetup takes) throughout.
 func RestoreHeaderFile(devicePath, backupPath string) error {
 	bf, err := os.Open(backupPath)
 	if err != nil {
@@ -133,6 +218,14 @@ func RestoreHeaderFile(devicePath, backupPath string) error {
 	f, dev, size, err := openPath(devicePath, ReadWrite)
 	if err != nil {
 		return err
+	}
+	if l := newLocker(f); l != nil {
+		release, err := l.lock(context.Background())
+		if err != nil {
+			f.Close()
+			return err
+		}
+		defer release()
 	}
 	if err := RestoreHeader(dev, size, bf, bsize); err != nil {
 		f.Close()

@@ -271,57 +271,60 @@ func budgets(d *memDev, total int64) []int64 {
 // with only the synced writes.
 func TestCrashSafety(t *testing.T) {
 	for _, op := range crashOps {
-		t.Run(op.name, func(t *testing.T) {
-			base := op.setup(t)
-			ctx := context.Background()
-			// A dry run counts the bytes written and finds the write boundaries.
-			dry := newMemDev(base, -1)
-			v, err := OpenDevice(dry, crashSize, ReadWrite)
-			if err != nil {
-				t.Fatal(err)
-			}
-			vk, _, err := v.Unlock(ctx, []byte("old"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer vk.Wipe()
-			if err := op.op(v, vk); err != nil {
-				t.Fatal(err)
-			}
-			total := dry.written
-			bs := budgets(dry, total)
-			t.Logf("%d writes, %d bytes, %d cut points", len(dry.bounds), total, len(bs))
-			for _, budget := range bs {
-				d := newMemDev(base, budget)
-				v, err := OpenDevice(d, crashSize, ReadWrite)
+		t.Run(op.name, func(t *testing.T) { runCrashOp(t, op) })
+	}
+}
+
+// runCrashOp runs op against base images cut at every budget of budgets.
+func runCrashOp(t *testing.T, op crashOp) {
+	base := op.setup(t)
+	ctx := context.Background()
+	// A dry run counts the bytes written and finds the write boundaries.
+	dry := newMemDev(base, -1)
+	v, err := OpenDevice(dry, crashSize, ReadWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vk, _, err := v.Unlock(ctx, []byte("old"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vk.Wipe()
+	if err := op.op(v, vk); err != nil {
+		t.Fatal(err)
+	}
+	total := dry.written
+	bs := budgets(dry, total)
+	t.Logf("%d writes, %d bytes, %d cut points", len(dry.bounds), total, len(bs))
+	for _, budget := range bs {
+		d := newMemDev(base, budget)
+		v, err := OpenDevice(d, crashSize, ReadWrite)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = op.op(v, vk)
+		done := err == nil
+		if !done && !errors.Is(err, errCrash) {
+			t.Fatalf("budget %d: unexpected error %v", budget, err)
+		}
+		if done != (budget >= total) {
+			t.Fatalf("budget %d of %d: done=%v", budget, total, done)
+		}
+		images := []struct {
+			name string
+			b    []byte
+		}{{"written", d.cur}, {"synced", d.durable}}
+		if bytes.Equal(d.cur, d.durable) {
+			images = images[:1]
+		}
+		for _, img := range images {
+			t.Run(fmt.Sprintf("cut@%d/%s", budget, img.name), func(t *testing.T) {
+				rv, err := OpenDevice(newMemDev(img.b, -1), crashSize, ReadWrite)
 				if err != nil {
-					t.Fatal(err)
+					t.Fatalf("reopen: %v", err)
 				}
-				err = op.op(v, vk)
-				done := err == nil
-				if !done && !errors.Is(err, errCrash) {
-					t.Fatalf("budget %d: unexpected error %v", budget, err)
-				}
-				if done != (budget >= total) {
-					t.Fatalf("budget %d of %d: done=%v", budget, total, done)
-				}
-				images := []struct {
-					name string
-					b    []byte
-				}{{"written", d.cur}, {"synced", d.durable}}
-				if bytes.Equal(d.cur, d.durable) {
-					images = images[:1]
-				}
-				for _, img := range images {
-					t.Run(fmt.Sprintf("cut@%d/%s", budget, img.name), func(t *testing.T) {
-						rv, err := OpenDevice(newMemDev(img.b, -1), crashSize, ReadWrite)
-						if err != nil {
-							t.Fatalf("reopen: %v", err)
-						}
-						op.check(t, rv, done && bytes.Equal(d.cur, d.durable))
-					})
-				}
-			}
-		})
+				op.check(t, rv, done && bytes.Equal(d.cur, d.durable))
+			})
+		}
 	}
 }
