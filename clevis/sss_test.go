@@ -148,6 +148,9 @@ func TestDescribe(t *testing.T) {
 	if got, want := Describe(j), "sss t=2: tpm2(pcr 0+7 sha1), [sss t=1: tpm2(pcr 0+7 sha1), tpm2(pcr 0+7 sha1)]"; got != want {
 		t.Fatalf("Describe = %q, want %q", got, want)
 	}
+	if !j.Uses("tpm2") || !j.Uses("sss") || j.Uses("tang") || j.Children[0].Uses("sss") {
+		t.Fatal("Uses does not walk the pin tree")
+	}
 }
 
 // TestSSSShareAtZero: a share at x = 0 is the key itself; it is refused, and point

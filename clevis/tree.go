@@ -47,3 +47,16 @@ func describeTPM2(h *tpm.ClevisTPM2) string {
 	}
 	return s
 }
+
+// Uses reports whether the pin tree of j contains pin ("tang", "tpm2", "sss").
+func (j *JWE) Uses(pin string) bool {
+	if j.Clevis.Pin == pin {
+		return true
+	}
+	for _, c := range j.Children {
+		if c.Uses(pin) {
+			return true
+		}
+	}
+	return false
+}

@@ -224,7 +224,7 @@ func cmdTokenRegen(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return fmt.Errorf("token %d: %w", t.ID, err)
 		}
-		if *id == luks2.AnyToken && !strings.Contains(clevis.Describe(tok.JWE), "tang(") {
+		if *id == luks2.AnyToken && !tok.JWE.Uses("tang") {
 			continue
 		}
 		compact, err := pins.Regen(ctx, tok.JWE, cf.thp)
