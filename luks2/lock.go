@@ -1,6 +1,7 @@
 package luks2
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +66,7 @@ func (v *Volume) lockForWrite(ctx context.Context) (release func(), changed bool
 		}
 		v.lockRelease = rel
 		st, err := readHeaders(v.dev)
-		if err == nil && st.best.bin.seqid != v.bin.seqid {
+		if err == nil && v.differsFrom(st.best) {
 			changed = true
 			if err := v.load(); err != nil {
 				v.lockRelease()
@@ -87,6 +88,16 @@ func (v *Volume) lockForWrite(ctx context.Context) (release func(), changed bool
 			v.lockRelease = nil
 		}
 	}, changed, nil
+}
+
+// differsFrom reports whether the header copy c read from disk is not the state v
+// holds. The seqid alone does not tell: cryptsetup's luksHeaderRestore writes a
+// backup with the seqid it had, which may be v's.
+func (v *Volume) differsFrom(c *headerCopy) bool {
+	cur := v.st.best
+	return c.bin.seqid != v.bin.seqid || c.bin.uuid != v.bin.uuid ||
+		c.bin.label != v.bin.label || c.bin.subsystem != v.bin.subsystem ||
+		cur == nil || !bytes.Equal(c.json, cur.json)
 }
 
 // lockUnchanged takes the device lock for a write computed from v's current state
