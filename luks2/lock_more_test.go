@@ -6,7 +6,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestLockDetectsSameSeqidReplacement: a header replaced behind an open Volume by one
@@ -50,5 +53,78 @@ func TestLockDetectsSameSeqidReplacement(t *testing.T) {
 	defer rv.Close()
 	if !unlocks(rv, "theirs") {
 		t.Fatal("the restored header no longer opens with its passphrase")
+	}
+}
+
+// TestLockDirHardening: the block-device lock never follows a symlink, neither for
+// the lock directory (cryptsetup opens it O_NOFOLLOW too) nor for the lock file,
+// refuses a lock file that is not a regular file, and creates a missing directory
+// 0700 with a 0600 lock file in it.
+func TestLockDirHardening(t *testing.T) {
+	ctx := context.Background()
+	const rdev = 7<<8 | 99 // major 7, minor 99
+	name := "L_7:99"
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, dir string) string // returns the lock dir to use
+		ok    bool
+	}{
+		{"missing directory", func(t *testing.T, dir string) string { return filepath.Join(dir, "cryptsetup") }, true},
+		{"directory is a symlink", func(t *testing.T, dir string) string {
+			real := filepath.Join(dir, "elsewhere")
+			os.Mkdir(real, 0o700)
+			link := filepath.Join(dir, "cryptsetup")
+			if err := os.Symlink(real, link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, false},
+		{"lock file is a symlink", func(t *testing.T, dir string) string {
+			d := filepath.Join(dir, "cryptsetup")
+			os.Mkdir(d, 0o700)
+			if err := os.Symlink(filepath.Join(dir, "victim"), filepath.Join(d, name)); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}, false},
+		{"lock file is a FIFO", func(t *testing.T, dir string) string {
+			d := filepath.Join(dir, "cryptsetup")
+			os.Mkdir(d, 0o700)
+			if err := unix.Mkfifo(filepath.Join(d, name), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tmp := t.TempDir()
+			dir := tc.setup(t, tmp)
+			l := &flockLocker{dir: dir}
+			release, err := l.lockBlock(ctx, rdev)
+			if !tc.ok {
+				if err == nil {
+					release()
+					t.Fatal("lock taken")
+				}
+				if _, err := os.Lstat(filepath.Join(tmp, "victim")); err == nil {
+					t.Fatal("created the symlink's target")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer release()
+			for p, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, name): 0o600} {
+				fi, err := os.Lstat(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().Perm()&^want != 0 {
+					t.Errorf("%s: mode %v, want at most %v", p, fi.Mode().Perm(), want)
+				}
+			}
+		})
 	}
 }

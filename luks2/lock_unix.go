@@ -48,27 +48,38 @@ func (l *flockLocker) lock(ctx context.Context) (func(), error) {
 }
 
 func (l *flockLocker) lockBlock(ctx context.Context, rdev uint64) (func(), error) {
-	if err := os.MkdirAll(l.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("luks2: lock directory: %w", err)
+	dirfd, err := openLockDir(l.dir)
+	if err != nil {
+		return nil, err
 	}
-	path := filepath.Join(l.dir, fmt.Sprintf("L_%d:%d", unix.Major(rdev), unix.Minor(rdev)))
+	name := fmt.Sprintf("L_%d:%d", unix.Major(rdev), unix.Minor(rdev))
+	path := filepath.Join(l.dir, name)
 	for {
-		fd, err := unix.Open(path, unix.O_CREAT|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		fd, err := unix.Openat(dirfd, name, unix.O_CREAT|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o600)
 		if err != nil {
+			unix.Close(dirfd)
 			return nil, fmt.Errorf("luks2: lock file %s: %w", path, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(fd)
+			unix.Close(dirfd)
+			return nil, fmt.Errorf("luks2: lock file %s is not a regular file", path)
 		}
 		if err := flockWait(ctx, fd, path); err != nil {
 			unix.Close(fd)
+			unix.Close(dirfd)
 			return nil, err
 		}
-		if sameFile(fd, path) {
+		if sameFileAt(fd, dirfd, name) {
 			return func() {
 				// Remove the file if it is still ours, then unlock, as cryptsetup does.
-				if sameFile(fd, path) {
-					unix.Unlink(path)
+				if sameFileAt(fd, dirfd, name) {
+					unix.Unlinkat(dirfd, name, 0)
 				}
 				unix.Flock(fd, unix.LOCK_UN)
 				unix.Close(fd)
+				unix.Close(dirfd)
 			}, nil
 		}
 		// The previous holder removed the file after we opened it: retry.
@@ -77,10 +88,27 @@ func (l *flockLocker) lockBlock(ctx context.Context, rdev uint64) (func(), error
 	}
 }
 
-// sameFile reports whether fd is still the file at path.
-func sameFile(fd int, path string) bool {
+// openLockDir opens the lock directory without following a symlink (as cryptsetup
+// does), creating it 0700 when it is missing.
+func openLockDir(dir string) (int, error) {
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Open(dir, flags, 0)
+	if errors.Is(err, unix.ENOENT) {
+		if err := unix.Mkdir(dir, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+			return -1, fmt.Errorf("luks2: lock directory %s: %w", dir, err)
+		}
+		fd, err = unix.Open(dir, flags, 0)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("luks2: lock directory %s (must be a directory, not a symlink): %w", dir, err)
+	}
+	return fd, nil
+}
+
+// sameFileAt reports whether fd is still the file name in directory dirfd.
+func sameFileAt(fd, dirfd int, name string) bool {
 	var a, b unix.Stat_t
-	if unix.Fstat(fd, &a) != nil || unix.Stat(path, &b) != nil {
+	if unix.Fstat(fd, &a) != nil || unix.Fstatat(dirfd, name, &b, unix.AT_SYMLINK_NOFOLLOW) != nil {
 		return false
 	}
 	return a.Dev == b.Dev && a.Ino == b.Ino
