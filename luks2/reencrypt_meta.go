@@ -524,13 +524,21 @@ func (v *Volume) BeginReencrypt(p ReencryptInit, oldVK, newVK *VolumeKey) error 
 	}
 	zero := 0
 	kj := reencKeyslotJSON{Area: area, Type: "reencrypt", KeySize: 1, Mode: "reencrypt", Direction: "forward", Priority: &zero}
+	if err := n.addReencryptState(ksid, kj, oldVK, newVK, p.DigestIterations); err != nil {
+		return err
+	}
+	return v.commit(n, v.bin.label, v.bin.subsystem)
+}
+
+// addReencryptState adds to n the reencrypt keyslot ksid, the requirement and the
+// re-encryption digest over the keys and the metadata.
+func (n *metadata) addReencryptState(ksid int, kj reencKeyslotJSON, oldVK, newVK *VolumeKey, iterations int) error {
 	kraw := mustRaw(kj)
 	var ks jsonKeyslot
 	if err := json.Unmarshal(kraw, &ks); err != nil {
 		return fmt.Errorf("luks2: internal error: %w", err)
 	}
 	n.keyslots[ksid] = &keyslotEntry{raw: kraw, ks: ks}
-	// Requirement.
 	cfg := n.config
 	req := &jsonRequirements{}
 	if cfg.Requirements != nil {
@@ -543,7 +551,6 @@ func (v *Volume) BeginReencrypt(p ReencryptInit, oldVK, newVK *VolumeKey) error 
 		return err
 	}
 	n.config, n.rawCfg = cfg, rawCfg
-	// Re-encryption digest.
 	r, err := parseReencrypt(n)
 	if err != nil {
 		return fmt.Errorf("luks2: internal error: %w", err)
@@ -553,11 +560,10 @@ func (v *Volume) BeginReencrypt(p ReencryptInit, oldVK, newVK *VolumeKey) error 
 		return err
 	}
 	defer wipe(data)
-	it := p.DigestIterations
-	if it == 0 {
-		it = 1000
+	if iterations == 0 {
+		iterations = 1000
 	}
-	d, err := newDigest(context.Background(), data, it)
+	d, err := newDigest(context.Background(), data, iterations)
 	if err != nil {
 		return err
 	}
@@ -565,7 +571,76 @@ func (v *Volume) BeginReencrypt(p ReencryptInit, oldVK, newVK *VolumeKey) error 
 	if err != nil {
 		return err
 	}
-	if n.digests[did], err = setDigestLists(d, []int{ksid}, []int{}); err != nil {
+	n.digests[did], err = setDigestLists(d, []int{ksid}, []int{})
+	return err
+}
+
+// BeginInPlaceEncryption turns a volume just formatted (one crypt segment at offset
+// shift, keyslots for vk) into what `cryptsetup reencrypt --encrypt --init-only
+// --reduce-device-size 2*shift` writes for a device of devSize bytes whose data
+// (the first devSize-2*shift bytes) has not been encrypted yet: linear segments
+// for the data as it lies, its first shift bytes moved to the end of the device
+// (the caller moves them), the backup-moved-segment, backup-previous and
+// backup-final segments, a reencrypt keyslot (mode encrypt, direction backward,
+// resilience datashift), the re-encryption digest and the requirement. One commit.
+func (v *Volume) BeginInPlaceEncryption(devSize, shift int64, vk *VolumeKey, digestIterations int) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.reencWritable(); err != nil {
+		return err
+	}
+	m := v.meta
+	sid, seg := m.dataSegment()
+	if seg == nil || len(m.segments) != 1 || sid != 0 || uint64(seg.sg.Offset) != uint64(shift) || !seg.dynamic {
+		return fmt.Errorf("%w: in-place encryption needs a fresh volume with its data segment at the shift", ErrUnsupported)
+	}
+	did, d := m.dataDigest()
+	if d == nil || !digestMatches(d, vk.Bytes()) {
+		return ErrWrongVolumeKey
+	}
+	data := devSize - 2*shift
+	if shift <= 0 || shift%4096 != 0 || data < shift || data%int64(seg.sg.SectorSize) != 0 {
+		return fmt.Errorf("%w: device of %d bytes, shift %d", ErrUnsupported, devSize, shift)
+	}
+	u := func(x int64) uint64 { return uint64(x) }
+	var segs []Segment
+	segs = append(segs, Segment{Type: "linear", Offset: u(devSize - shift), Size: u(shift)})
+	if data > shift {
+		segs = append(segs, Segment{Type: "linear", Offset: u(shift), Size: u(data - shift)})
+	}
+	moved := segs[0]
+	moved.Flags = []string{FlagBackupMoved}
+	prev := Segment{Type: "linear", Offset: 0, Size: u(data), Flags: []string{FlagBackupPrevious}}
+	final := segmentOf(m, 0)
+	final.Flags = []string{FlagBackupFinal}
+	segs = append(segs, moved, prev, final)
+	n := m.clone()
+	n.segments = map[int]*segmentEntry{}
+	for id, s := range segs {
+		j := s.json()
+		e, err := reparseSegment(mustRaw(j), j)
+		if err != nil {
+			return err
+		}
+		n.segments[id] = e
+	}
+	var err error
+	if n.digests[did], err = setDigestLists(d, d.keyslots, []int{len(segs) - 1}); err != nil {
+		return err
+	}
+	ksid, err := n.freeKeyslot(AnySlot)
+	if err != nil {
+		return err
+	}
+	off, err := n.allocArea(v.bin.hdrSize, 4096)
+	if err != nil {
+		return err
+	}
+	sh := u64(shift)
+	zero := 0
+	kj := reencKeyslotJSON{Area: reencAreaJSON{Offset: u64(off), Size: 4096, Type: "datashift", ShiftSize: &sh},
+		Type: "reencrypt", KeySize: 1, Mode: "encrypt", Direction: "backward", Priority: &zero}
+	if err := n.addReencryptState(ksid, kj, nil, vk, digestIterations); err != nil {
 		return err
 	}
 	return v.commit(n, v.bin.label, v.bin.subsystem)

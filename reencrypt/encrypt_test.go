@@ -228,3 +228,95 @@ func (f *plainFixture) memCheck(t testing.TB, name string, img []byte) {
 		t.Fatalf("%s: plaintext of the moved segment left at the end of the device", name)
 	}
 }
+
+// TestEncryptInPlace encrypts an unencrypted image in place here; cryptsetup opens
+// it and python3-cryptography finds the original data, shifted behind the header.
+func TestEncryptInPlace(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	for _, ss := range []int{512, 4096} {
+		t.Run(strconv.Itoa(ss), func(t *testing.T) {
+			f := newPlainFixture(t, 96<<20, 32<<20)
+			fh, size := openFile(t, f.img)
+			err := Encrypt(context.Background(), fh, size, f.reduce, []byte("passphrase"), &Options{Keyslot: keyslotFast}, &EncryptOptions{SectorSize: ss})
+			fh.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cryptsetup(t, "open", "--test-passphrase", "--key-file", f.kf, f.img)
+			f.check(t, true)
+		})
+	}
+}
+
+// TestEncryptInPlaceCrashAtEveryWrite cuts Encrypt's writes at every write (the
+// move of the first segment, the start marker, the header, the hotzones) and in
+// the middle of each, keeps all or only the synced writes, and calls Encrypt again
+// (for a sample with a header on disk, cryptsetup repair + reencrypt --resume-only
+// instead): the data must come out whole.
+func TestEncryptInPlaceCrashAtEveryWrite(t *testing.T) {
+	testpeer.Require(t, "cryptsetup")
+	f := newPlainFixture(t, 24<<20, 8<<20)
+	img := readImage(t, f.img)
+	o := &Options{Workers: 1, Keyslot: keyslotFast}
+	eo := &EncryptOptions{SectorSize: 4096}
+	full := newFaultDev(img, -1, 512)
+	if err := Encrypt(context.Background(), full, int64(len(img)), f.reduce, []byte("passphrase"), o, eo); err != nil {
+		t.Fatal(err)
+	}
+	f.memCheck(t, "uncut", full.cur)
+	var cuts []int64
+	for i, w := range full.writes {
+		end := full.written
+		if i+1 < len(full.writes) {
+			end = full.writes[i+1]
+		}
+		cuts = append(cuts, w)
+		if mid := w + (end-w)/2/512*512; mid > w {
+			cuts = append(cuts, mid)
+		}
+	}
+	if raceEnabled {
+		var some []int64
+		for i := 0; i < len(cuts); i += 3 {
+			some = append(some, cuts[i])
+		}
+		cuts = some
+	}
+	t.Logf("%d writes, %d cut points", len(full.writes), len(cuts))
+	for n, cut := range cuts {
+		d := newFaultDev(img, cut, 512)
+		if err := Encrypt(context.Background(), d, int64(len(img)), f.reduce, []byte("passphrase"), o, eo); !errors.Is(err, errCrash) {
+			t.Fatalf("cut %d: want a crash, got %v", cut, err)
+		}
+		for _, durable := range []bool{false, true} {
+			after := d.cur
+			if durable {
+				after = d.durable
+			}
+			name := fmt.Sprintf("cut %d durable %v", cut, durable)
+			if r, err := reencStateErr(after); err == nil && n%13 == 6 && !durable && (r.Crashed() || linearLeft(r.Active()) > 0) {
+				writeImage(t, f.img, after)
+				cryptsetup(t, "repair", "--batch-mode", "--key-file", f.kf, f.img)
+				if _, err := reencStateErr(readImage(t, f.img)); err == nil {
+					cryptsetup(t, "reencrypt", "--resume-only", "--force-offline-reencrypt", "--batch-mode", "--key-file", f.kf, f.img)
+				}
+				f.memCheck(t, name+" (cryptsetup)", readImage(t, f.img))
+			}
+			fd := newFaultDev(after, -1, 512)
+			err := Encrypt(context.Background(), fd, int64(len(img)), f.reduce, []byte("passphrase"), o, eo)
+			if errors.Is(err, ErrNotInProgress) || errors.Is(err, ErrUnsupported) && isFinished(fd.cur) {
+				err = nil
+			}
+			if err != nil {
+				t.Fatalf("%s: encrypt again: %v", name, err)
+			}
+			f.memCheck(t, name, fd.cur)
+		}
+	}
+}
+
+// isFinished reports whether img is a LUKS2 volume with no re-encryption left.
+func isFinished(img []byte) bool {
+	_, err := reencStateErr(img)
+	return errors.Is(err, luks2.ErrNotReencrypting)
+}
