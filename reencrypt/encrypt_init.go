@@ -11,13 +11,18 @@ import (
 	"github.com/diskcryptd/diskcryptd/luks2"
 )
 
-// markerMagic starts the record Encrypt leaves in the free space before the moved
-// copy while it writes the header: until a header copy is valid, it says that the
-// copy at the end of the device, not the (partly overwritten) start, holds the
-// first shift bytes of the data.
+// markerMagic starts the record Encrypt keeps in the free space just before the
+// moved copy until a header copy is valid: "copying" (the start of the device is
+// intact; copy it again) or "copied" with the copy's hash (the copy at the end of
+// the device, not the start, which the header overwrites, holds the first shift
+// bytes of the data). One 512-byte sector, written whole.
 var markerMagic = []byte("DISKCRYPTD-INPLACE-ENCRYPT-v1\x00\x00\x00")
 
-const markerSize = 4096
+const (
+	markerSize    = 512
+	markerCopying = 1
+	markerCopied  = 2
+)
 
 // EncryptOptions choose the new volume's format in Encrypt.
 type EncryptOptions struct {
@@ -60,27 +65,35 @@ func Encrypt(ctx context.Context, dev luks2.Device, size, reduce int64, passphra
 	log := o.logger()
 	movedAt := size - shift
 	markerAt := movedAt - markerSize
-	sum, ok, err := readMarker(dev, markerAt, size, shift)
+	state, sum, err := readMarker(dev, markerAt, size, shift)
 	if err != nil {
 		return err
 	}
-	if ok {
+	switch state {
+	case markerCopied:
 		got, err := hashRange(dev, movedAt, shift)
 		if err != nil {
 			return err
 		}
-		ok = got == sum
-	}
-	if ok {
+		if got != sum {
+			return fmt.Errorf("%w: the copy of the first %d bytes at the end of the device changed since it was made; restore it by hand", ErrInvalid, shift)
+		}
 		log.Info("resuming an interrupted start: the moved copy is intact")
-	} else {
+	case markerCopying:
+		log.Info("resuming an interrupted start: copying the first segment again")
+	default:
 		if _, err := CheckTailFree(dev, size, reduce); err != nil {
 			return err
 		}
+		if err := writeMarker(dev, markerAt, size, shift, markerCopying, [32]byte{}); err != nil {
+			return err
+		}
+	}
+	if state != markerCopied {
 		if sum, err = copyRange(dev, 0, movedAt, shift); err != nil {
 			return err
 		}
-		if err := writeMarker(dev, markerAt, size, shift, sum); err != nil {
+		if err := writeMarker(dev, markerAt, size, shift, markerCopied, sum); err != nil {
 			return err
 		}
 	}
@@ -179,21 +192,22 @@ func hashRange(dev device, off, n int64) ([32]byte, error) {
 	return s, nil
 }
 
-// marker: magic, device size, shift (big-endian), sha256 of the moved copy, sha256
-// of all that.
-func encodeMarker(size, shift int64, sum [32]byte) []byte {
+// marker: magic, device size, shift (big-endian), state, sha256 of the moved copy,
+// sha256 of all that.
+func encodeMarker(size, shift int64, state byte, sum [32]byte) []byte {
 	b := make([]byte, markerSize)
 	n := copy(b, markerMagic)
 	binary.BigEndian.PutUint64(b[n:], uint64(size))
 	binary.BigEndian.PutUint64(b[n+8:], uint64(shift))
-	copy(b[n+16:], sum[:])
-	self := sha256.Sum256(b[:n+48])
-	copy(b[n+48:], self[:])
+	b[n+16] = state
+	copy(b[n+17:], sum[:])
+	self := sha256.Sum256(b[:n+49])
+	copy(b[n+49:], self[:])
 	return b
 }
 
-func writeMarker(dev device, at, size, shift int64, sum [32]byte) error {
-	if _, err := dev.WriteAt(encodeMarker(size, shift, sum), at); err != nil {
+func writeMarker(dev device, at, size, shift int64, state byte, sum [32]byte) error {
+	if _, err := dev.WriteAt(encodeMarker(size, shift, state, sum), at); err != nil {
 		return fmt.Errorf("reencrypt: writing the start marker: %w", err)
 	}
 	if err := dev.Sync(); err != nil {
@@ -202,18 +216,19 @@ func writeMarker(dev device, at, size, shift int64, sum [32]byte) error {
 	return nil
 }
 
-// readMarker returns the moved copy's hash when a valid marker for this size and
-// shift is at at.
-func readMarker(dev device, at, size, shift int64) ([32]byte, bool, error) {
+// readMarker returns the state (0: no valid marker for this size and shift) and
+// the moved copy's hash.
+func readMarker(dev device, at, size, shift int64) (byte, [32]byte, error) {
 	b := make([]byte, markerSize)
 	if err := readFull(dev, b, at); err != nil {
-		return [32]byte{}, false, fmt.Errorf("reencrypt: reading at %d: %w", at, err)
+		return 0, [32]byte{}, fmt.Errorf("reencrypt: reading at %d: %w", at, err)
 	}
 	var sum [32]byte
 	n := len(markerMagic)
-	copy(sum[:], b[n+16:n+48])
-	if !bytes.Equal(b, encodeMarker(size, shift, sum)) {
-		return sum, false, nil
+	st := b[n+16]
+	copy(sum[:], b[n+17:n+49])
+	if (st != markerCopying && st != markerCopied) || !bytes.Equal(b, encodeMarker(size, shift, st, sum)) {
+		return 0, sum, nil
 	}
-	return sum, true, nil
+	return st, sum, nil
 }

@@ -20,15 +20,16 @@ import (
 // cmdReencrypt rotates a volume key (re-encrypting all data) or resumes a
 // rotation, offline, compatible with cryptsetup reencrypt.
 func cmdReencrypt(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "reencrypt", "--key-file FILE [--resume-only] [--resilience checksum|journal] [--hotzone-size SIZE] [--json] DEVICE")
+	f := newFlags(e, "reencrypt", "--key-file FILE [--resume-only | --encrypt --reduce-device-size SIZE] [--resilience checksum|journal] [--hotzone-size SIZE] [--json] DEVICE")
 	keyFile := f.String("key-file", "", "passphrase or key file of a keyslot (- for standard input)")
 	resume := f.Bool("resume-only", false, "finish a re-encryption in progress (started by diskcryptd or cryptsetup)")
 	resilience := f.String("resilience", "checksum", "hotzone protection: checksum or journal")
 	hotzone := f.String("hotzone-size", "", "largest hotzone, e.g. 64M (default 64 MiB; journal: also the journal size)")
 	jsonOut := f.Bool("json", false, "print progress as JSON lines on standard output")
 	drop := f.Bool("drop-other-keyslots", false, "allow rotation when other keyslots exist (they are removed; re-enroll them afterwards)")
-	encrypt := f.Bool("encrypt", false, "check that an in-place encryption would not destroy data (start it with cryptsetup --init-only, finish it with --resume-only)")
-	reduce := f.String("reduce-device-size", "", "with --encrypt: the free space at the end of the device the header moves into")
+	encrypt := f.Bool("encrypt", false, "encrypt the data on DEVICE in place (cryptsetup's --encrypt format); needs --reduce-device-size")
+	reduce := f.String("reduce-device-size", "", "with --encrypt: free space at the end of the device, twice the new header (e.g. 32M); the data must end before it")
+	sectorSize := f.Int("sector-size", 512, "with --encrypt: encryption sector size, 512 or 4096")
 	var kdf kdfFlags
 	kdf.register(f)
 	pos, err := f.parse(args, 1, 1)
@@ -36,9 +37,6 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	dev := pos[0]
-	if *encrypt {
-		return cmdEncryptInPlace(e, dev, *reduce)
-	}
 	if *resilience != "checksum" && *resilience != "journal" {
 		return usageErrorf("--resilience must be checksum or journal")
 	}
@@ -60,16 +58,17 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 	defer fh.Close()
 	// Hold the device's metadata lock (cryptsetup's) for the whole run: cryptsetup
 	// and other diskcryptd commands wait instead of writing the header meanwhile.
-	lv, err := luks2.OpenFile(dev, luks2.ReadWrite)
-	if err != nil {
+	// (An in-place encryption starts without a header: nothing to lock yet.)
+	if lv, err := luks2.OpenFile(dev, luks2.ReadWrite); err == nil {
+		defer lv.Close()
+		release, err := lv.LockMetadata(ctx)
+		if err != nil {
+			return err
+		}
+		defer release()
+	} else if !*encrypt {
 		return err
 	}
-	defer lv.Close()
-	release, err := lv.LockMetadata(ctx)
-	if err != nil {
-		return err
-	}
-	defer release()
 	prog := newProgressPrinter(e.stdout, *jsonOut)
 	o := &reencrypt.Options{
 		Keyslot:           luks2.KeyslotOptions{KDF: kdf.options()},
@@ -83,7 +82,16 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 		// As cryptsetup: forced iterations also skip the digest benchmark.
 		o.DigestIterations = 1000
 	}
-	if *resume {
+	if *encrypt {
+		n, perr := parseSize(*reduce)
+		if *reduce == "" || perr != nil || n <= 0 {
+			return usageErrorf("--encrypt needs --reduce-device-size SIZE, e.g. 32M (the data must end before the last SIZE bytes)")
+		}
+		if *sectorSize != 512 && *sectorSize != 4096 {
+			return usageErrorf("--sector-size must be 512 or 4096")
+		}
+		err = reencrypt.Encrypt(ctx, fh, size, n, pass, o, &reencrypt.EncryptOptions{SectorSize: *sectorSize})
+	} else if *resume {
 		err = reencrypt.Resume(ctx, fh, size, pass, o)
 	} else {
 		err = reencrypt.Rotate(ctx, fh, size, pass, o)
@@ -98,10 +106,14 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 		return withCode(exitDevice, "finish this re-encryption with cryptsetup reencrypt --resume-only", err)
 	case errors.Is(err, reencrypt.ErrOtherKeyslots):
 		return withCode(exitUsage, "", err)
+	case errors.Is(err, reencrypt.ErrTailInUse):
+		return withCode(exitDevice, "shrink the filesystem first (resize2fs, btrfs filesystem resize; xfs cannot shrink) so that it ends before the last "+*reduce, err)
 	case err != nil:
 		return err
 	}
-	if !*jsonOut {
+	if !*jsonOut && *encrypt {
+		fmt.Fprintf(e.stdout, "%s: data encrypted in place\n", dev)
+	} else if !*jsonOut {
 		fmt.Fprintf(e.stdout, "%s: volume key rotated, data re-encrypted\n", dev)
 	}
 	return nil
@@ -211,28 +223,4 @@ func (p *progressPrinter) end() {
 	if p.shown {
 		fmt.Fprintln(p.w)
 	}
-}
-
-// cmdEncryptInPlace checks that an in-place encryption could not destroy data and
-// says what is missing.
-func cmdEncryptInPlace(e *env, dev, reduce string) error {
-	if reduce == "" {
-		return usageErrorf("--encrypt needs --reduce-device-size SIZE (room for the header at the end of the device)")
-	}
-	n, err := parseSize(reduce)
-	if err != nil || n <= 0 || n%4096 != 0 {
-		return usageErrorf("--reduce-device-size %q: want a multiple of 4 KiB such as 32M", reduce)
-	}
-	fh, size, err := openExclusive(dev)
-	if err != nil {
-		return withCode(exitDevice, "", err)
-	}
-	defer fh.Close()
-	fs, err := reencrypt.CheckTailFree(fh, size, n)
-	if err != nil {
-		return withCode(exitDevice, "shrink the filesystem first (resize2fs, btrfs filesystem resize; xfs cannot shrink) so that it ends before the last "+reduce, err)
-	}
-	fmt.Fprintf(e.stdout, "%s: %s leaves the last %d bytes free\n", dev, fs, n)
-	return withCode(exitUsage, "start it with: cryptsetup reencrypt --encrypt --init-only --reduce-device-size "+reduce+" "+dev+
-		", then finish it with: diskcryptd reencrypt --resume-only --key-file FILE "+dev, errors.New("starting an in-place encryption is not implemented in diskcryptd yet"))
 }

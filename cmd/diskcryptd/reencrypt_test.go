@@ -79,7 +79,9 @@ func TestReencryptCLIEncryptRefusesFilesystemTail(t *testing.T) {
 	}
 	b, _ := os.ReadFile(img)
 	before := sha256.Sum256(b)
-	r := cli(t, "", nil, "reencrypt", "--encrypt", "--reduce-device-size", "32M", img)
+	kf := filepath.Join(t.TempDir(), "k")
+	os.WriteFile(kf, []byte("pass"), 0o600)
+	r := cli(t, "", nil, "reencrypt", "--encrypt", "--reduce-device-size", "32M", "--key-file", kf, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img)
 	if r.code != exitDevice || !strings.Contains(r.stderr, "end of the device is in use") {
 		t.Fatalf("want exit %d and a refusal, got %d: %s", exitDevice, r.code, r.stderr)
 	}
