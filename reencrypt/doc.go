@@ -95,16 +95,24 @@
 //
 // # In-place encryption
 //
-// Resume also finishes cryptsetup's in-place encryption (`cryptsetup reencrypt
-// --encrypt --reduce-device-size`: mode encrypt, direction backward, resilience
-// datashift, the first data segment moved to the end of the device), started with
-// --init-only or interrupted: hotzones of the shift size from the end, each read
-// from where its plaintext lies and written encrypted shift bytes further, hot and
-// post segments as cryptsetup's reencrypt_make_hot_segments_encrypt_shift and
-// _enc_create_segments_shift_after compute them; after a crash the hotzone is
-// rewritten from its source, which only the next hotzone overwrites. At the end the
-// moved copy (plaintext) is overwritten with random data before the final commit.
-// Starting an in-place encryption is not implemented here; CheckTailFree is the
-// check cryptsetup lacks before it (the filesystem must end before the last
-// --reduce-device-size bytes).
+// Encrypt writes what `cryptsetup reencrypt --encrypt --reduce-device-size 2S`
+// writes (S, the shift, is also the new data offset), and Resume finishes it, ours
+// or cryptsetup's (started with --init-only, or interrupted): mode encrypt,
+// direction backward, resilience datashift, the first S bytes of data moved to the
+// end of the device. Encrypt first checks, reading only, that the data ends before
+// the last 2S bytes (CheckTailFree: ext4, xfs and btrfs superblock sizes, or zeros
+// on an unsigned device). Then: a start marker ("copying") in the free space just
+// before the end, the copy of [0, S) to [size-S, size), the marker "copied" with
+// the copy's sha256, and the header built in memory (luks2.Volume.
+// BeginInPlaceEncryption) written keyslots area first, secondary copy, primary copy
+// last; until a header copy reads as valid, calling Encrypt again finds the marker
+// and goes on from the copy, never from the start it has begun to overwrite. The
+// data is then encrypted in hotzones of S bytes from the end: the plaintext at
+// logical offset off is read from where it lies (the moved copy for off 0, else its
+// original place) and written encrypted S bytes further; hot and post segments are
+// those of cryptsetup's reencrypt_make_hot_segments_encrypt_shift and
+// _enc_create_segments_shift_after. A hotzone's source is overwritten only by the
+// next hotzone, after this one's post commit, so after a crash it is rewritten from
+// its source (cryptsetup's datashift recovery). At the end the moved copy
+// (plaintext) is overwritten with random data before the final commit.
 package reencrypt
