@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"testing"
 	"time"
@@ -150,4 +153,46 @@ func TestSSSLeavesNoGoroutine(t *testing.T) {
 			t.Fatalf("%s: %d goroutines left running, %d before:\n%s", tc.name, n, base, buf[:runtime.Stack(buf, true)])
 		}
 	}
+}
+
+// TestRegenRefusesForeignAdv: a server (or a man in the middle of http://) that
+// answers GET /adv/{old thumbprint} with its own, validly self-signed advertisement
+// is not trusted by regen: the token's old signing key did not sign it.
+func TestRegenRefusesForeignAdv(t *testing.T) {
+	srv, foreign := tangtest.Start(t), tangtest.Start(t)
+	ctx := context.Background()
+	pins := testPins(t)
+	compact, err := pins.Encrypt(ctx, "tang", json.RawMessage(tangCfg(srv)), []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := ParseJWE([]byte(compact))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fadv, err := (&tang.Client{}).Adv(ctx, foreign.URL, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := httpGet(foreign.URL + "/adv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mitm := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
+	defer mitm.Close()
+	j.Clevis.Tang.URL = mitm.URL
+	_, err = pins.reencrypt(ctx, j, []byte("secret"), "")
+	if !errors.Is(err, tang.ErrUntrusted) {
+		t.Fatalf("foreign advertisement signed by %v: %v, want ErrUntrusted", fadv.SigningThumbprints(), err)
+	}
+	t.Logf("refused: %v", err)
+}
+
+func httpGet(u string) ([]byte, error) {
+	rsp, err := http.Get(u)
+	if err != nil {
+		return nil, err
+	}
+	defer rsp.Body.Close()
+	return io.ReadAll(rsp.Body)
 }
