@@ -41,7 +41,9 @@ func randScalar(c elliptic.Curve) ([]byte, error) {
 			return nil, fmt.Errorf("tang: random scalar: %w", err)
 		}
 		if k.Sign() > 0 {
-			return k.FillBytes(make([]byte, size)), nil
+			out := k.FillBytes(make([]byte, size))
+			wipeInts(k)
+			return out, nil
 		}
 	}
 }
@@ -82,11 +84,24 @@ func (m *ecmr) unblind(yx, yy *big.Int) ([]byte, error) {
 	nty := new(big.Int).Sub(m.curve.Params().P, ty)
 	nty.Mod(nty, m.curve.Params().P)
 	zx, zy := m.curve.Add(yx, yy, tx, nty)
+	// e·S and Z are as secret as the key: with either and the answer on the wire,
+	// anyone derives the content key.
+	defer wipeInts(tx, ty, nty, zx, zy)
 	if zx.Sign() == 0 && zy.Sign() == 0 {
 		return nil, fmt.Errorf("shared secret is the point at infinity: %w", ErrBadPoint)
 	}
 	size := (m.curve.Params().BitSize + 7) / 8
 	return zx.FillBytes(make([]byte, size)), nil
+}
+
+// wipeInts zeroes the words of each big.Int (SetInt64(0) alone keeps them).
+func wipeInts(v ...*big.Int) {
+	for _, n := range v {
+		if n != nil {
+			clear(n.Bits())
+			n.SetInt64(0)
+		}
+	}
 }
 
 // done wipes the ephemeral scalar.
