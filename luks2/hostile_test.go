@@ -123,3 +123,94 @@ func TestSecondaryHiddenInPrimaryJSONArea(t *testing.T) {
 		t.Fatalf("fake passphrase: %v", err)
 	}
 }
+
+// editMeta replaces old with new in v's metadata and commits it (a header edited
+// offline, with a valid checksum).
+func editMeta(t *testing.T, v *Volume, edits ...string) {
+	t.Helper()
+	js := string(v.meta.encode())
+	for i := 0; i < len(edits); i += 2 {
+		if !strings.Contains(js, edits[i]) {
+			t.Fatalf("%q not in %s", edits[i], js)
+		}
+		js = strings.Replace(js, edits[i], edits[i+1], 1)
+	}
+	m, err := parseMetadata([]byte(js), v.bin.hdrSize)
+	if err != nil {
+		t.Fatalf("edited metadata: %v", err)
+	}
+	if err := v.commit(m, v.bin.label, v.bin.subsystem); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCryptTargetHostileSegment: a data segment that does not fit the device (a
+// fixed size past its end, or a "dynamic" one starting at or after it) gets a clear
+// error from CryptTarget, not a table device-mapper would be asked to load.
+func TestCryptTargetHostileSegment(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct{ name, size string }{
+		{"fixed size past the end", `"size":"4194304"`},
+		{"fixed size one sector past the end", `"size":"69632"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, _ := openMem(t, memFormat(t, crashSize, "p", crashFormatOpts()), ReadWrite)
+			editMeta(t, v, `"size":"dynamic"`, tc.size)
+			vk, _, err := v.Unlock(ctx, []byte("p"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vk.Wipe()
+			if ct, err := v.CryptTarget(vk); !errors.Is(err, ErrDeviceTooSmall) {
+				t.Fatalf("CryptTarget = %+v, %v; want ErrDeviceTooSmall", ct, err)
+			}
+		})
+	}
+	t.Run("dynamic with no room", func(t *testing.T) {
+		img := memFormat(t, crashSize, "p", crashFormatOpts())
+		// The same header on a device that ends where the data would start.
+		short := img[:crashDataOffset]
+		v, err := OpenDevice(newMemDev(short, -1), int64(len(short)), ReadOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vk, _, err := v.Unlock(ctx, []byte("p"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vk.Wipe()
+		if ct, err := v.CryptTarget(vk); !errors.Is(err, ErrDeviceTooSmall) {
+			t.Fatalf("CryptTarget = %+v, %v; want ErrDeviceTooSmall", ct, err)
+		}
+	})
+}
+
+// TestSegmentDigestCostLimited: the digest that CryptTarget checks the key against
+// (the data segment's) is held to the KDF limits like the keyslot's digest, and is
+// refused with ErrKDFCost before any iteration when it asks for more.
+func TestSegmentDigestCostLimited(t *testing.T) {
+	ctx := context.Background()
+	v, _ := openMem(t, memFormat(t, crashSize, "p", crashFormatOpts()), ReadWrite)
+	js := string(v.meta.encode())
+	i := strings.Index(js, `"digests":{"0":{`)
+	j := strings.Index(js[i:], `"segments":["0"]`)
+	if i < 0 || j < 0 {
+		t.Fatalf("unexpected digests in %s", js)
+	}
+	// Digest 0 keeps the keyslot; a new digest 1 covers the segment at a cost
+	// above the limit.
+	editMeta(t, v, `"segments":["0"]`, `"segments":[]`,
+		`"digests":{"0":{`, `"digests":{"1":{"type":"pbkdf2","keyslots":[],"segments":["0"],"hash":"sha256","iterations":2000000,"salt":"cKHvhLIvKoYxXk8uym0WqQ3ies/qhrr/FM7mozAQOPY=","digest":"hZe1DLC+Hj88iVCEuJSJfLyG9Sx5iG19iwIvkiiu3Nw="},"0":{`)
+	v.SetKDFLimits(KDFLimits{MaxPBKDF2Iterations: 100000, MaxArgon2Time: 4, MaxArgon2MemoryKiB: 1 << 20, MaxArgon2Parallel: 4})
+	vk, _, err := v.Unlock(ctx, []byte("p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vk.Wipe()
+	if err := v.VerifyVolumeKey(vk); !errors.Is(err, ErrKDFCost) {
+		t.Fatalf("VerifyVolumeKey: %v; want ErrKDFCost", err)
+	}
+	if _, err := v.CryptTarget(vk); !errors.Is(err, ErrKDFCost) {
+		t.Fatalf("CryptTarget: %v; want ErrKDFCost", err)
+	}
+}

@@ -215,6 +215,11 @@ func (v *Volume) verifyLocked(vk *VolumeKey) error {
 	if d == nil {
 		return fmt.Errorf("%w: no digest for the data segment", ErrInvalidMetadata)
 	}
+	// The segment's digest need not be a keyslot's (which Unlock checked against
+	// the limits): hold it to them too before iterating.
+	if err := v.kdfLimitsLocked().check(KDFParams{Type: KDFPBKDF2, Iterations: d.dg.Iterations}); err != nil {
+		return fmt.Errorf("luks2: data segment digest: %w", err)
+	}
 	if vk.Len() == 0 || !digestMatches(d, vk.Bytes()) {
 		return ErrWrongVolumeKey
 	}

@@ -45,10 +45,14 @@ func (v *Volume) SetKDFLimits(l KDFLimits) {
 
 func (v *Volume) kdfLimits() KDFLimits {
 	v.mu.Lock()
-	l := v.limits
-	v.mu.Unlock()
-	if l != nil {
-		return *l
+	defer v.mu.Unlock()
+	return v.kdfLimitsLocked()
+}
+
+// kdfLimitsLocked is kdfLimits with v.mu held.
+func (v *Volume) kdfLimitsLocked() KDFLimits {
+	if v.limits != nil {
+		return *v.limits
 	}
 	return DefaultKDFLimits()
 }
@@ -440,6 +444,11 @@ func (v *Volume) CryptTarget(vk *VolumeKey) (*CryptTarget, error) {
 	v.mu.Unlock()
 	if len(seg.sg.Integrity) > 0 {
 		return nil, fmt.Errorf("%w: data segment uses dm-integrity (authenticated encryption); activate it with cryptsetup", ErrUnsupported)
+	}
+	// The segment must lie on the device: a header edited (or restored) offline can
+	// name any offset and size, and nothing would map past the device's end.
+	if md.DataSize <= 0 || md.DataOffset > v.size-md.DataSize {
+		return nil, fmt.Errorf("%w: data segment [%d, +%d) does not fit the %d-byte device", ErrDeviceTooSmall, md.DataOffset, md.DataSize, v.size)
 	}
 	return &CryptTarget{
 		Cipher: md.Cipher, Key: NewVolumeKey(vk.Bytes()), IVOffset: md.IVTweak,
