@@ -250,7 +250,7 @@ func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 	}
 	opts := []kmipclient.Option{
 		kmipclient.WithDialerUnsafe(dialer),
-		kmipclient.WithMiddlewares(noTimeStamp),
+		kmipclient.WithMiddlewares(noTimeStamp, checkResponse),
 		kmipclient.WithKmipVersions(kmip.V1_4, kmip.V1_3, kmip.V1_2),
 		kmipclient.WithMaxMessageSize(64 << 10),
 	}
@@ -274,6 +274,50 @@ func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 func noTimeStamp(next kmipclient.Next, ctx context.Context, msg *kmip.RequestMessage) (*kmip.ResponseMessage, error) {
 	msg.Header.TimeStamp = nil
 	return next(ctx, msg)
+}
+
+// ErrBadResponse is wrapped when a server's response does not answer the request:
+// another operation, no payload, a payload of another type, another batch size.
+var ErrBadResponse = errors.New("kms: KMIP response does not answer the request")
+
+// checkResponse refuses a response that does not answer msg item for item: a
+// successful item must name the request's operation and carry that operation's
+// response payload. kmip-go decodes a payload by the operation the server names and
+// asserts its type without checking (its version negotiation included): without this
+// check, a broken or hostile server could panic the daemon at boot.
+func checkResponse(next kmipclient.Next, ctx context.Context, msg *kmip.RequestMessage) (*kmip.ResponseMessage, error) {
+	resp, err := next(ctx, msg)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.BatchItem) != len(msg.BatchItem) || int(resp.Header.BatchCount) != len(resp.BatchItem) {
+		return nil, fmt.Errorf("%w: %d batch items for %d", ErrBadResponse, len(resp.BatchItem), len(msg.BatchItem))
+	}
+	for i, bi := range resp.BatchItem {
+		want := msg.BatchItem[i].Operation
+		if bi.Operation != 0 && bi.Operation != want {
+			return nil, fmt.Errorf("%w: KMIP %s answered as %s", ErrBadResponse, ttlv.EnumStr(want), ttlv.EnumStr(bi.Operation))
+		}
+		if bi.ResultStatus != kmip.ResultStatusSuccess {
+			continue
+		}
+		if bi.ResponsePayload == nil {
+			return nil, fmt.Errorf("%w: KMIP %s succeeded with no response payload", ErrBadResponse, ttlv.EnumStr(want))
+		}
+		if got := bi.ResponsePayload.Operation(); got != want {
+			return nil, fmt.Errorf("%w: KMIP %s answered with a %s payload", ErrBadResponse, ttlv.EnumStr(want), ttlv.EnumStr(got))
+		}
+	}
+	return resp, nil
+}
+
+// payloadAs returns the response payload pl as a T, or an error (never a panic).
+func payloadAs[T kmip.OperationPayload](pl kmip.OperationPayload) (T, error) {
+	v, ok := pl.(T)
+	if !ok {
+		return v, fmt.Errorf("%w: a %T payload", ErrBadResponse, pl)
+	}
+	return v, nil
 }
 
 func handshake(ctx context.Context, raw net.Conn, cfg *tls.Config) (net.Conn, error) {

@@ -204,7 +204,11 @@ func (p *Protector) decrypt(ctx context.Context, servers []string, t *Token, aad
 		if err != nil {
 			return corr, err
 		}
-		d := out.(*payloads.DecryptResponsePayload).Data
+		r, err := payloadAs[*payloads.DecryptResponsePayload](out)
+		if err != nil {
+			return corr, err
+		}
+		d := r.Data
 		if len(d) != SecretSize {
 			clear(d)
 			return corr, fmt.Errorf("KMIP Decrypt returned %d bytes, want %d", len(d), SecretSize)
@@ -225,8 +229,12 @@ func (p *Protector) get(ctx context.Context, servers []string, uid string) ([]by
 		if err != nil {
 			return corr, err
 		}
+		attrs, err := payloadAs[*payloads.GetAttributesResponsePayload](out)
+		if err != nil {
+			return corr, err
+		}
 		state := kmip.State(0)
-		for _, a := range out.(*payloads.GetAttributesResponsePayload).Attribute {
+		for _, a := range attrs.Attribute {
 			if v, ok := a.AttributeValue.(kmip.State); ok && a.AttributeName == kmip.AttributeNameState {
 				state = v
 			}
@@ -238,8 +246,12 @@ func (p *Protector) get(ctx context.Context, servers []string, uid string) ([]by
 		if err != nil {
 			return corr, err
 		}
+		got, err := payloadAs[*payloads.GetResponsePayload](out)
+		if err != nil {
+			return corr, err
+		}
 		var b []byte
-		switch o := out.(*payloads.GetResponsePayload).Object.(type) {
+		switch o := got.Object.(type) {
 		case *kmip.SecretData:
 			b, err = o.Data()
 		case *kmip.SymmetricKey:
@@ -356,7 +368,10 @@ func (p *Protector) wrap(ctx context.Context, t *Token, secret, aad []byte) erro
 		if err != nil {
 			return corr, err
 		}
-		r := out.(*payloads.EncryptResponsePayload)
+		r, err := payloadAs[*payloads.EncryptResponsePayload](out)
+		if err != nil {
+			return corr, err
+		}
 		if len(r.IVCounterNonce) > 0 && subtle.ConstantTimeCompare(r.IVCounterNonce, iv) != 1 {
 			return corr, errors.New("KMIP Encrypt used another IV than the one given")
 		}
@@ -430,7 +445,11 @@ func (p *Protector) CreateKEK(ctx context.Context, servers []string, name string
 		if err != nil {
 			return corr, err
 		}
-		uid = out.(*payloads.CreateResponsePayload).UniqueIdentifier
+		cr, err := payloadAs[*payloads.CreateResponsePayload](out)
+		if err != nil {
+			return corr, err
+		}
+		uid = cr.UniqueIdentifier
 		return s.activate(ctx, uid)
 	})
 	return uid, err
@@ -454,7 +473,11 @@ func (p *Protector) RegisterSecret(ctx context.Context, servers []string, name s
 		if err != nil {
 			return corr, err
 		}
-		uid = out.(*payloads.RegisterResponsePayload).UniqueIdentifier
+		rr, err := payloadAs[*payloads.RegisterResponsePayload](out)
+		if err != nil {
+			return corr, err
+		}
+		uid = rr.UniqueIdentifier
 		return s.activate(ctx, uid)
 	})
 	return uid, err
