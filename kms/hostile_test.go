@@ -295,4 +295,3 @@ func TestHostileServer(t *testing.T) {
 		t.Errorf("%d goroutines before, %d after:\n%s", before, now, buf[:runtime.Stack(buf, true)])
 	}
 }
-
