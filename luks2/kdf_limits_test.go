@@ -100,8 +100,16 @@ func TestCancelledPBKDF2StopsWork(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Unlock = %v, want context.Canceled", err)
+	// The KDF left running would take an hour: fail with its stack long before
+	// go test's own timeout kills every test (this is a liveness bound, not a
+	// speed figure).
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Unlock = %v, want context.Canceled", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("Unlock still running 2 minutes after its context was cancelled:\n%s", kdfGoroutines())
 	}
 	// An abandoned computation would run for an hour; allow the scheduler a moment.
 	for i := 0; ; i++ {
