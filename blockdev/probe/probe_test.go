@@ -211,6 +211,16 @@ func FuzzProbe(f *testing.F) {
 	ext := make([]byte, 2048)
 	ext[1080], ext[1081] = 0x53, 0xEF
 	f.Add(ext, int64(2048))
+	// A real header cryptsetup 2.6 wrote (both copies): the primary, and the
+	// secondary alone as the scan finds it after a wiped primary.
+	if hdr, err := os.ReadFile("../../luks2/testdata/cryptsetup-2.6-header.bin"); err == nil {
+		f.Add(hdr, int64(len(hdr)))
+		wiped := bytes.Clone(hdr)
+		clear(wiped[:4096])
+		f.Add(wiped, int64(-1))
+	} else {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, data []byte, size int64) {
 		if size > int64(len(data)) {
 			size = int64(len(data))
