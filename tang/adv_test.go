@@ -3,6 +3,9 @@ package tang
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -15,6 +18,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/diskcryptd/diskcryptd/internal/tangtest"
 )
@@ -59,8 +64,27 @@ func TestParseAdvRejects(t *testing.T) {
 	if _, err := ParseAdv(tampered); !errors.Is(err, ErrAdv) {
 		t.Fatalf("tampered advertisement: %v, want ErrAdv", err)
 	}
-	if _, err := ParseKeys([]byte(`{"keys":[{"kty":"EC","crv":"P-256","d":"AA","x":"AA","y":"AA","key_ops":["verify"]}]}`)); !errors.Is(err, ErrAdv) {
-		t.Fatalf("private key: %v, want ErrAdv", err)
+	// The same valid key set, once public and once with the private part.
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(k any) []byte {
+		b, err := (&jose.JSONWebKey{Key: k}).MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		_ = json.Unmarshal(b, &m)
+		m["key_ops"] = []string{"verify", "deriveKey"}
+		out, _ := json.Marshal(map[string]any{"keys": []any{m}})
+		return out
+	}
+	if _, err := ParseKeys(set(&priv.PublicKey)); err != nil {
+		t.Fatalf("public key: %v", err)
+	}
+	if _, err := ParseKeys(set(priv)); !errors.Is(err, ErrAdv) || !strings.Contains(err.Error(), "private") {
+		t.Fatalf("private key: %v, want ErrAdv saying private", err)
 	}
 }
 
