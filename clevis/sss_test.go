@@ -109,7 +109,9 @@ func TestParseJWERefuses(t *testing.T) {
 		}(), "unknown pin"},
 		{"no clevis header", "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA", "clevis"},
 		{"unprotected header", `{"protected":"eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0","unprotected":{"clevis":{}},"iv":"","ciphertext":"","tag":""}`, "unprotected"},
-		{"alg not allowed", "eyJhbGciOiJSU0ExXzUiLCJlbmMiOiJBMjU2R0NNIn0.AA.AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA", ""},
+		// A clevis header in each, so that only the allow-lists can refuse them.
+		{"alg not allowed", "eyJhbGciOiJSU0ExXzUiLCJlbmMiOiJBMjU2R0NNIiwiY2xldmlzIjp7InBpbiI6InRwbTIiLCJ0cG0yIjp7fX19.AA.AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA", "unexpected key algorithm"},
+		{"enc not allowed", "eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4Q0JDLUhTMjU2IiwiY2xldmlzIjp7InBpbiI6InRwbTIiLCJ0cG0yIjp7fX19..AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA", "unexpected content encryption"},
 		{"zip (a deflate bomb go-jose would inflate)", func() string {
 			enc, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.DIRECT, Key: make([]byte, 32)},
 				(&jose.EncrypterOptions{Compression: jose.DEFLATE}).WithHeader("clevis", map[string]any{"pin": "tpm2", "tpm2": map[string]any{}}))
