@@ -36,7 +36,7 @@ func (d *TPMDevice) open(ctx context.Context) (transport.TPMCloser, error) {
 	if d.Open != nil {
 		return d.Open(ctx)
 	}
-	return tpm.Open(d.Device)
+	return tpm.OpenContext(ctx, d.Device) // a raw /dev/tpm0 answers EBUSY while another process holds it
 }
 
 // Seal implements TPM2.
@@ -117,10 +117,16 @@ func (d *TPMDevice) withPrimary(ctx context.Context, alg tpm.PrimaryAlg, f func(
 		return err
 	}
 	defer t.Close()
-	parent, err := tpm.CreatePrimary(ctx, t, alg)
-	if err != nil {
-		return err
-	}
-	defer parent.Close(t)
-	return f(t, parent)
+	// On a TPM without a resource manager (/dev/tpm0, a swtpm socket) another process
+	// (systemd-cryptsetup) may have left its sessions and objects loaded: flush them
+	// and retry once, as package tpm's protector does.
+	_, err = tpm.WithStaleRetry(ctx, t, func() error {
+		parent, err := tpm.CreatePrimary(ctx, t, alg)
+		if err != nil {
+			return err
+		}
+		defer parent.Close(t)
+		return f(t, parent)
+	})
+	return err
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/diskcryptd/diskcryptd/tpm"
+	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 )
 
 // TestTPMDeviceWaitHonoursContext: a tpm2 pin queued behind another call that holds
@@ -64,4 +65,38 @@ func sealedHeader(t *testing.T) *tpm.ClevisTPM2 {
 		t.Fatalf("test header does not parse: %v", err)
 	}
 	return h
+}
+
+// TestTPMDeviceFlushesStaleHandles: on a TPM without a resource manager (swtpm's
+// socket, as /dev/tpm0) another process left its sessions and objects loaded, as
+// systemd-cryptsetup does; a tpm2 pin still unseals: the stale handles are flushed
+// and the command retried once.
+func TestTPMDeviceFlushesStaleHandles(t *testing.T) {
+	spec := tpmtest.StartSwtpm(t)
+	ctx := context.Background()
+	d := &TPMDevice{Device: spec}
+	h, err := d.Seal(ctx, []byte(`{"k":"AAECAw","kty":"oct"}`), "", "sha256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := tpm.Open(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, _, err := tpm2.HMACSession(other, tpm2.TPMAlgSHA256, 16); err != nil {
+			t.Fatalf("leave a session: %v", err)
+		}
+		if _, err := tpm.CreatePrimary(ctx, other, tpm.PrimaryECC); err != nil {
+			t.Fatalf("leave an object: %v", err)
+		}
+	}
+	other.Close()
+	got, err := d.Unseal(ctx, h)
+	if err != nil {
+		t.Fatalf("unseal with stale handles left by another client: %v", err)
+	}
+	if string(got) != `{"k":"AAECAw","kty":"oct"}` {
+		t.Fatalf("unsealed %q", got)
+	}
 }

@@ -120,16 +120,11 @@ func (p *Protector) withTPM(ctx context.Context, fn func(t transport.TPM) error)
 		return err
 	}
 	defer t.Close()
-	err = fn(t)
-	if err == nil || !memoryFull(err) || !withoutResourceManager(t) {
-		return err
+	n, err := WithStaleRetry(ctx, t, func() error { return fn(t) })
+	if n > 0 {
+		p.log.Warn("the TPM (no resource manager) had no free slot; flushed the sessions and objects another process left loaded, retried", "flushed", n)
 	}
-	n, ferr := FlushStale(ctx, t)
-	if ferr != nil {
-		return errors.Join(err, ferr)
-	}
-	p.log.Warn("the TPM (no resource manager) had no free slot; flushed the sessions and objects another process left loaded, retrying", "flushed", n)
-	return fn(t)
+	return err
 }
 
 // Unseal implements unlock.Protector for "systemd-tpm2" tokens; other tokens

@@ -80,3 +80,19 @@ func FlushStale(ctx context.Context, t transport.TPM) (int, error) {
 	}
 	return n, nil
 }
+
+// WithStaleRetry runs fn, which uses t. When fn fails with TPM_RC_SESSION_MEMORY or
+// TPM_RC_OBJECT_MEMORY and t reaches the TPM without a resource manager, the handles
+// another process left loaded are flushed (FlushStale) and fn runs once more. It
+// returns how many handles it flushed.
+func WithStaleRetry(ctx context.Context, t transport.TPM, fn func() error) (int, error) {
+	err := fn()
+	if err == nil || !memoryFull(err) || !withoutResourceManager(t) {
+		return 0, err
+	}
+	n, ferr := FlushStale(ctx, t)
+	if ferr != nil {
+		return n, errors.Join(err, ferr)
+	}
+	return n, fn()
+}
