@@ -25,7 +25,8 @@
 // JWE parsing, algorithm allow-lists ("alg" dir or ECDH-ES, "enc" A128GCM, A192GCM or
 // A256GCM), the Concat KDF and AES-GCM are go-jose's. Tokens larger than MaxToken, sss
 // nested deeper than MaxDepth, more than MaxShares shares, a threshold outside 1..n,
-// a p that is not a 256-bit prime, shares outside [0,p) or with the same x are
+// a p that is not a 256-bit prime, shares outside [0,p), at x = 0 or with the same x,
+// and JWEs with a "zip" (go-jose would inflate the plaintext) or "crit" header are
 // refused with an error that says which.
 //
 // # What we write
@@ -49,6 +50,9 @@
 //
 // Protector implements unlock.Protector: it decrypts the token's JWE and returns
 // the keyslot passphrase. Children of an sss pin are decrypted concurrently and the
-// rest are cancelled once t have answered. Errors name the pin path and, for tang,
+// rest are cancelled once t have answered; Decrypt returns only after every child
+// has returned (no goroutine outlives it). tpm2 pins queue for the TPM as long as
+// their context allows, and on a TPM without a resource manager flush the handles
+// another process left loaded and retry once. Errors name the pin path and, for tang,
 // the server URL and reason.
 package clevis

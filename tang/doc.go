@@ -31,5 +31,9 @@
 // number of times with exponential backoff (network errors and 5xx answers only),
 // the caller's context bounds the whole, and every error is an *Error naming the URL
 // and what failed. HTTP connections are kept alive and shared across requests of one
-// Client; nothing secret is cached.
+// Client; nothing secret is cached. Redirects are not followed (clevis's curl does not
+// follow them either): a 3xx answer is ErrStatus. An advertisement holds at most 16
+// keys. Points from the server, the token's ephemeral key and the server's exchange
+// key are checked to lie on the expected curve, the point at infinity is refused, and
+// the blinding scalar, e·S and Z are wiped after the exchange.
 package tang

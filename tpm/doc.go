@@ -37,7 +37,11 @@
 //
 // A PCR policy that no longer matches is ErrPolicyMismatch; a wrong PIN is ErrBadPIN;
 // the dictionary-attack lockout is ErrLockout. Every operation takes a context, checked
-// before each TPM command.
+// before each TPM command. On a socket (swtpm) the context's deadline and its
+// cancellation also end a wait for an answer; a connection so interrupted takes no
+// further command, since the TPM's late answer would be read as the next one's. A
+// character device (/dev/tpmrm0) cannot be interrupted: a command there ends when the
+// TPM (or the kernel driver's timeout) ends it.
 //
 // # Tokens
 //
