@@ -326,7 +326,21 @@ func handshake(ctx context.Context, raw net.Conn, cfg *tls.Config) (net.Conn, er
 		raw.Close()
 		return nil, &tlsError{err}
 	}
-	return tc, nil
+	return &closeOnWriteError{Conn: tc}, nil
+}
+
+// closeOnWriteError turns a failed write into a closed connection and a write that
+// "succeeded": kmip-go v0.8.1's writer goroutine reports a write error on a channel
+// nobody may be listening on any more (the reader already saw the connection end),
+// and then blocks forever, one leaked goroutine per broken connection. Closed, the
+// connection fails the reader instead, which ends the request with an error.
+type closeOnWriteError struct{ net.Conn }
+
+func (c *closeOnWriteError) Write(b []byte) (int, error) {
+	if _, err := c.Conn.Write(b); err != nil {
+		_ = c.Conn.Close()
+	}
+	return len(b), nil
 }
 
 // tlsError marks a failed TLS handshake.

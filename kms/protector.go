@@ -121,15 +121,18 @@ func (p *Protector) Unseal(ctx context.Context, tok unlock.Token) ([]byte, error
 	if len(tok.Keyslots) != 1 {
 		return nil, fmt.Errorf("token %d: %w: bound to %d keyslots, want exactly one", tok.ID, ErrToken, len(tok.Keyslots))
 	}
-	if t.Mode == ModeWrap && tok.VolumeUUID == "" {
-		return nil, fmt.Errorf("token %d: the volume's UUID is unknown; cannot build the AAD", tok.ID)
+	var aad []byte
+	if t.Mode == ModeWrap {
+		if aad, err = AAD(tok.VolumeUUID, tok.Keyslots[0]); err != nil {
+			return nil, fmt.Errorf("token %d: cannot build the AAD: %w", tok.ID, err)
+		}
 	}
 	servers := p.servers(t)
 	var secret []byte
 	var res attemptResult
 	switch t.Mode {
 	case ModeWrap:
-		secret, res, err = p.decrypt(ctx, servers, t, AAD(tok.VolumeUUID, tok.Keyslots[0]))
+		secret, res, err = p.decrypt(ctx, servers, t, aad)
 	case ModeGet:
 		secret, res, err = p.get(ctx, servers, t.KEKUID)
 	}
@@ -314,6 +317,9 @@ func (e *Enrollment) Enroll(ctx context.Context) (*unlock.Enrollment, error) {
 	if len(e.Servers) == 0 {
 		return nil, errors.New("kms: enrolment needs --kmip-server")
 	}
+	if _, err := AAD(e.VolumeUUID, e.Keyslot); err != nil && e.Mode == ModeWrap {
+		return nil, err // before any object is created in the KMS
+	}
 	t := &Token{Version: FormatVersion, Mode: e.Mode, Servers: e.Servers, KEKUID: e.KEK}
 	var secret []byte
 	switch e.Mode {
@@ -325,12 +331,13 @@ func (e *Enrollment) Enroll(ctx context.Context) (*unlock.Enrollment, error) {
 			}
 			t.KEKUID, e.Created = uid, uid
 		}
+		aad, _ := AAD(e.VolumeUUID, e.Keyslot) // checked above
 		secret = make([]byte, SecretSize)
 		if _, err := rand.Read(secret); err != nil {
 			return nil, err
 		}
 		defer clear(secret)
-		if err := p.wrap(ctx, t, secret, AAD(e.VolumeUUID, e.Keyslot)); err != nil {
+		if err := p.wrap(ctx, t, secret, aad); err != nil {
 			return nil, err
 		}
 	case ModeGet:
@@ -415,7 +422,10 @@ func (p *Protector) Rewrap(ctx context.Context, tokJSON []byte, volumeUUID strin
 	if newKEK == "" || newKEK == t.KEKUID {
 		return nil, fmt.Errorf("kms: the new KEK must differ from the token's (%s)", t.KEKUID)
 	}
-	aad := AAD(volumeUUID, t.Keyslots[0])
+	aad, err := AAD(volumeUUID, t.Keyslots[0])
+	if err != nil {
+		return nil, err
+	}
 	secret, _, err := p.decrypt(ctx, p.servers(t), t, aad)
 	if err != nil {
 		return nil, fmt.Errorf("kms: decrypt with the old KEK %s: %w", t.KEKUID, err)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/unlock"
 )
 
@@ -76,8 +77,23 @@ type Token struct {
 var known = map[string]bool{"type": true, "keyslots": true, "version": true, "mode": true, "servers": true,
 	"kek_uid": true, "algorithm": true, "iv": true, "tag": true, "wrapped_secret": true, "aad": true}
 
+// Bounds of a token's members: a header is attacker-controlled input, and what we
+// read must stay small and printable (server names and UIDs reach logs and errors).
+const (
+	// MaxServers is the most servers a token (or --kmip-server) may name.
+	MaxServers = 16
+	// maxServerLen bounds one HOST:PORT (a DNS name is at most 253 characters).
+	maxServerLen = 261
+	// maxUIDLen bounds kek_uid.
+	maxUIDLen = 256
+	// maxKeyslots bounds the token's keyslots list (LUKS2 has 32 keyslots).
+	maxKeyslots = 32
+)
+
 // ParseToken parses a token object. A token of another type is unlock.ErrNotMine; a
-// malformed one wraps ErrToken.
+// malformed one wraps ErrToken. It reads the JSON as cryptsetup's json-c does: a
+// member repeated, or differing from a known one only by case, is refused
+// (luks2.DecodeStrict), so no two readers see different tokens.
 func ParseToken(b []byte) (*Token, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
@@ -88,8 +104,9 @@ func ParseToken(b []byte) (*Token, error) {
 		return nil, fmt.Errorf("kms: token type %q: %w", typ, unlock.ErrNotMine)
 	}
 	var w struct {
+		Type      string   `json:"type"`
 		Keyslots  []string `json:"keyslots"`
-		Version   int      `json:"version"`
+		Version   *int     `json:"version"`
 		Mode      string   `json:"mode"`
 		Servers   []string `json:"servers"`
 		KEKUID    string   `json:"kek_uid"`
@@ -99,51 +116,57 @@ func ParseToken(b []byte) (*Token, error) {
 		Wrapped   string   `json:"wrapped_secret"`
 		AAD       string   `json:"aad"`
 	}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrToken, err)
+	if err := luks2.DecodeStrict(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrToken, err)
 	}
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrToken, fmt.Sprintf(format, a...))
 	}
-	t := &Token{Version: w.Version, Mode: w.Mode, Servers: w.Servers, KEKUID: w.KEKUID,
+	if w.Version == nil {
+		return nil, bad("no format version (this diskcryptd reads version %d)", FormatVersion)
+	}
+	if *w.Version != FormatVersion {
+		return nil, bad("format version %d is not supported: this diskcryptd reads version %d only; a newer diskcryptd wrote this token", *w.Version, FormatVersion)
+	}
+	t := &Token{Version: *w.Version, Mode: w.Mode, Servers: w.Servers, KEKUID: w.KEKUID,
 		Algorithm: w.Algorithm, AAD: w.AAD, Extra: map[string]json.RawMessage{}}
 	for k, v := range raw {
 		if !known[k] {
 			t.Extra[k] = v
 		}
 	}
+	if len(w.Keyslots) > maxKeyslots {
+		return nil, bad("%d keyslots", len(w.Keyslots))
+	}
 	for _, s := range w.Keyslots {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 || n > 31 {
+		if err != nil || n < 0 || n > 31 || s != strconv.Itoa(n) {
 			return nil, bad("keyslot %q", s)
 		}
 		t.Keyslots = append(t.Keyslots, n)
 	}
-	if t.Version != FormatVersion {
-		return nil, bad("version %d (this diskcryptd reads version %d)", t.Version, FormatVersion)
-	}
-	if len(t.Servers) == 0 {
-		return nil, bad("no servers")
+	if len(t.Servers) == 0 || len(t.Servers) > MaxServers {
+		return nil, bad("%d servers (want 1 to %d)", len(t.Servers), MaxServers)
 	}
 	for _, s := range t.Servers {
 		if err := checkServer(s); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrToken, err)
 		}
 	}
-	if t.KEKUID == "" || len(t.KEKUID) > 256 {
-		return nil, bad("kek_uid missing or too long")
+	if t.KEKUID == "" || len(t.KEKUID) > maxUIDLen || !printable(t.KEKUID) {
+		return nil, bad("kek_uid missing, longer than %d bytes or not printable", maxUIDLen)
 	}
 	switch t.Mode {
 	case ModeGet:
-		if w.IV != "" || w.Tag != "" || w.Wrapped != "" {
-			return nil, bad("get mode carries no iv, tag or wrapped_secret")
+		if w.IV != "" || w.Tag != "" || w.Wrapped != "" || w.Algorithm != "" || w.AAD != "" {
+			return nil, bad("get mode carries no algorithm, aad, iv, tag or wrapped_secret")
 		}
 	case ModeWrap:
 		if t.Algorithm != AlgAES256GCM {
-			return nil, bad("algorithm %q (want %s)", t.Algorithm, AlgAES256GCM)
+			return nil, bad("algorithm %.40q (want %s)", t.Algorithm, AlgAES256GCM)
 		}
 		if t.AAD != AADRecipe {
-			return nil, bad("aad recipe %q (want %s)", t.AAD, AADRecipe)
+			return nil, bad("aad recipe %.40q (want %s)", t.AAD, AADRecipe)
 		}
 		for _, f := range []struct {
 			name string
@@ -151,20 +174,39 @@ func ParseToken(b []byte) (*Token, error) {
 			n    int
 			dst  *[]byte
 		}{{"iv", w.IV, IVSize, &t.IV}, {"tag", w.Tag, TagSize, &t.Tag}, {"wrapped_secret", w.Wrapped, SecretSize, &t.Wrapped}} {
-			v, err := base64.StdEncoding.DecodeString(f.s)
+			// Canonical base64 only, checked on the text's length before decoding.
+			if len(f.s) != base64.StdEncoding.EncodedLen(f.n) {
+				return nil, bad("%s is not base64 of %d bytes", f.name, f.n)
+			}
+			v, err := base64.StdEncoding.Strict().DecodeString(f.s)
 			if err != nil || len(v) != f.n {
 				return nil, bad("%s is not base64 of %d bytes", f.name, f.n)
 			}
 			*f.dst = v
 		}
 	default:
-		return nil, bad("mode %q (want %s or %s)", t.Mode, ModeWrap, ModeGet)
+		return nil, bad("mode %.40q (want %s or %s)", t.Mode, ModeWrap, ModeGet)
 	}
 	return t, nil
 }
 
-// checkServer accepts HOST:PORT with a port number.
+// printable reports whether s is non-empty printable ASCII without spaces: what a
+// KMIP UID or a host name may be here, so neither can forge log lines or terminal
+// output.
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// checkServer accepts HOST:PORT with a port number and a printable host.
 func checkServer(s string) error {
+	if len(s) > maxServerLen || !printable(s) {
+		return fmt.Errorf("server %.64q is not HOST:PORT", s)
+	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil || host == "" {
 		return fmt.Errorf("server %q is not HOST:PORT", s)
@@ -190,6 +232,9 @@ func ParseServers(s string) ([]string, error) {
 	}
 	if len(out) == 0 {
 		return nil, errors.New("kms: no KMIP server given (HOST:PORT[,HOST:PORT...])")
+	}
+	if len(out) > MaxServers {
+		return nil, fmt.Errorf("kms: %d KMIP servers given, at most %d", len(out), MaxServers)
 	}
 	return out, nil
 }
@@ -227,9 +272,45 @@ func (t *Token) Map() map[string]any {
 // MarshalJSON encodes Map.
 func (t *Token) MarshalJSON() ([]byte, error) { return json.Marshal(t.Map()) }
 
+// ErrVolumeUUID is wrapped when a volume's UUID is not a canonical UUID: the AAD
+// must name one volume unambiguously, so nothing else is bound into it.
+var ErrVolumeUUID = errors.New("kms: the volume's LUKS2 UUID is not a canonical UUID (8-4-4-4-12 hex digits)")
+
 // AAD returns the additional authenticated data that binds a wrapped secret to one
-// keyslot of one volume: "diskcryptd-kmip/v1" NUL uuid NUL keyslot (decimal). A token
-// copied to another volume, or rebound to another keyslot, does not decrypt.
-func AAD(volumeUUID string, keyslot int) []byte {
-	return []byte("diskcryptd-kmip/v1\x00" + strings.ToLower(volumeUUID) + "\x00" + strconv.Itoa(keyslot))
+// keyslot of one volume: "diskcryptd-kmip/v1" NUL uuid NUL keyslot (decimal). The
+// UUID must be 36 characters of hex digits and hyphens in the 8-4-4-4-12 layout
+// (written in lower case) and the keyslot 0 to 31, so the encoding is unambiguous:
+// no crafted UUID can carry a separator or another keyslot, and no two volumes or
+// keyslots share an AAD. A token copied to another volume, or rebound to another
+// keyslot, does not decrypt.
+func AAD(volumeUUID string, keyslot int) ([]byte, error) {
+	if !canonicalUUID(volumeUUID) {
+		return nil, fmt.Errorf("%w: %.64q", ErrVolumeUUID, volumeUUID)
+	}
+	if keyslot < 0 || keyslot > 31 {
+		return nil, fmt.Errorf("kms: keyslot %d out of range", keyslot)
+	}
+	return []byte("diskcryptd-kmip/v1\x00" + strings.ToLower(volumeUUID) + "\x00" + strconv.Itoa(keyslot)), nil
+}
+
+// canonicalUUID reports whether s is a UUID in its 8-4-4-4-12 text form (RFC 9562
+// section 4), in either case.
+func canonicalUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
 }
