@@ -55,6 +55,15 @@ func (k *kmipFlags) protector(e *env) (*kms.Protector, error) {
 	if k.ca == "" || k.cert == "" || k.key == "" {
 		return nil, usageErrorf("KMIP needs mutual TLS: pass --kmip-ca, --kmip-cert and --kmip-key")
 	}
+	// The client key is the host's identity to the KMS: refused, like a key file,
+	// when group or others may access it (--allow-insecure-key-file overrides).
+	if !strings.HasPrefix(k.key, "tpm2:") {
+		f, err := openSecretFile(e, k.key)
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+	}
 	return newKMIPProtector(e, k.ca, k.cert, k.key, k.tpmDevice, k.servers, k.attempt)
 }
 

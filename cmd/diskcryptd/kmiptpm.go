@@ -38,6 +38,19 @@ func cmdKMSCSR(ctx context.Context, e *env, args []string) error {
 	if *keyOut == "" {
 		*keyOut = strings.TrimSuffix(*out, ".csr") + ".tpm2key"
 	}
+	// A new file only, created 0600 before any TPM work: an existing blob may be the
+	// key this host's certificate is for, and an existing file keeps its mode.
+	kf, err := os.OpenFile(*keyOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return withCode(exitUsage, "remove it first, or pass another --key-out", fmt.Errorf("kms csr: key blob file: %w", err))
+	}
+	written := false
+	defer func() {
+		kf.Close()
+		if !written {
+			os.Remove(*keyOut)
+		}
+	}()
 	t, err := tpm.OpenContext(ctx, *device)
 	if err != nil {
 		return err
@@ -55,9 +68,13 @@ func cmdKMSCSR(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("kms csr: %w", err)
 	}
-	if err := os.WriteFile(*keyOut, tpmkey.EncodePEM(blob), 0o600); err != nil {
-		return err
+	if _, err := kf.Write(tpmkey.EncodePEM(blob)); err != nil {
+		return fmt.Errorf("kms csr: %w", err)
 	}
+	if err := kf.Sync(); err != nil {
+		return fmt.Errorf("kms csr: %w", err)
+	}
+	written = true
 	if err := os.WriteFile(*out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {
 		return err
 	}
