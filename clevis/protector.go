@@ -94,13 +94,40 @@ func (e *Enroller) Enroll(ctx context.Context) (*unlock.Enrollment, error) {
 // new polynomial. A new advertisement is trusted only if it is signed by a signing
 // key of the advertisement the token holds (asked for with GET /adv/{thp}, which a
 // Tang server signs with that key even after rotating it out), or by thp.
+//
+// tpm2 pins are sealed again to today's values of their PCRs, so every tpm2 pin of
+// the tree must unseal first, also where an sss threshold is met without it: a tpm2
+// pin whose PCRs changed (another firmware, boot loader or kernel) is never moved to
+// the new boot state by a re-binding meant for Tang keys.
 func (p *Pins) Regen(ctx context.Context, j *JWE, thp string) (string, error) {
+	if err := p.checkTPM2(ctx, j); err != nil {
+		return "", fmt.Errorf("clevis: regen seals tpm2 pins again to today's PCR values, so each must unseal first: %w", err)
+	}
 	pt, err := p.Decrypt(ctx, j)
 	if err != nil {
 		return "", err
 	}
 	defer clear(pt)
 	return p.reencrypt(ctx, j, pt, thp)
+}
+
+// checkTPM2 unseals every tpm2 pin of j's tree, wiping what it gets.
+func (p *Pins) checkTPM2(ctx context.Context, j *JWE) error {
+	switch j.Clevis.Pin {
+	case "tpm2":
+		pt, err := p.decryptTPM2(ctx, j)
+		clear(pt)
+		if err != nil {
+			return fmt.Errorf("%s: %w", describe(j), err)
+		}
+	case "sss":
+		for _, c := range j.Children {
+			if err := p.checkTPM2(ctx, c); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (p *Pins) reencrypt(ctx context.Context, j *JWE, pt []byte, thp string) (string, error) {

@@ -3,13 +3,17 @@ package clevis
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/diskcryptd/diskcryptd/internal/tangtest"
 	"github.com/diskcryptd/diskcryptd/tpm"
 	"github.com/diskcryptd/diskcryptd/tpm/tpmtest"
 )
@@ -99,4 +103,49 @@ func TestTPMDeviceFlushesStaleHandles(t *testing.T) {
 	if string(got) != `{"k":"AAECAw","kty":"oct"}` {
 		t.Fatalf("unsealed %q", got)
 	}
+}
+
+// TestRegenKeepsTPM2Binding: regen of sss(tpm2 OR tang) re-seals the tpm2 pin to
+// today's PCR values; after PCR 7 changed (another boot state) the tang share alone
+// meets the threshold, but regen must refuse rather than bind the TPM pin to the new
+// state.
+func TestRegenKeepsTPM2Binding(t *testing.T) {
+	srv := tangtest.Start(t)
+	spec := tpmtest.StartSwtpm(t)
+	ctx := context.Background()
+	pins := testPins(t)
+	pins.TPM2 = &TPMDevice{Device: spec}
+	cfg := fmt.Sprintf(`{"t":1,"pins":{"tpm2":{"pcr_ids":"7"},"tang":%s}}`, tangCfg(srv))
+	compact, err := pins.Encrypt(ctx, "sss", json.RawMessage(cfg), []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := ParseJWE([]byte(compact))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pins.Regen(ctx, j, ""); err != nil {
+		t.Fatalf("regen in the boot state the pin was sealed to: %v", err)
+	}
+	tp, err := tpm.Open(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tpm.Extend(ctx, tp, 7, []tpm2.TPMIAlgHash{tpm2.TPMAlgSHA256}, []byte("another boot loader"))
+	tp.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := pins.Decrypt(ctx, j); err != nil || string(pt) != "secret" {
+		t.Fatalf("the tang share alone should still open it: %q, %v", pt, err)
+	}
+	re, err := pins.Regen(ctx, j, "")
+	if err == nil {
+		j2, _ := ParseJWE([]byte(re))
+		t.Fatalf("regen after PCR 7 changed re-bound the tpm2 pin to the new boot state: %s", Describe(j2))
+	}
+	if !strings.Contains(err.Error(), "tpm2(pcr 7)") {
+		t.Fatalf("refusal does not name the tpm2 pin: %v", err)
+	}
+	t.Logf("refused: %v", err)
 }
