@@ -2,17 +2,22 @@ package kms_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,7 +46,7 @@ type hostileServer struct {
 }
 
 // serve runs handle on every accepted, handshaken connection until the test ends.
-func startHostile(t *testing.T, handle func(c *tls.Conn)) *hostileServer {
+func startHostile(t *testing.T, handle func(c *tls.Conn), edit ...func(*kmiptest.CA, *tls.Config)) *hostileServer {
 	t.Helper()
 	dir := t.TempDir()
 	ca := kmiptest.NewCA(t, dir, "hostile")
@@ -52,8 +57,12 @@ func startHostile(t *testing.T, handle func(c *tls.Conn)) *hostileServer {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert},
-		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, MinVersion: tls.VersionTLS12})
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, MinVersion: tls.VersionTLS12}
+	for _, e := range edit {
+		e(ca, cfg)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,5 +302,67 @@ func TestHostileServer(t *testing.T) {
 	if now > before {
 		buf := make([]byte, 1<<20)
 		t.Errorf("%d goroutines before, %d after:\n%s", before, now, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestHostileTLS: the server must hold a certificate from --kmip-ca for the very
+// host the token names (IP or name), and speak TLS 1.2 or later; otherwise the
+// handshake fails, is classed "tls", and no KMIP request is sent.
+func TestHostileTLS(t *testing.T) {
+	otherName := func(ca *kmiptest.CA, cfg *tls.Config) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(99), Subject: pkix.Name{CommonName: "127.0.0.1"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.2")}, DNSNames: []string{"kms.example"}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}
+	}
+	tls11 := func(_ *kmiptest.CA, cfg *tls.Config) {
+		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+	}
+	var asked atomic.Bool
+	handle := answer(func(*kmip.RequestMessage) *kmip.ResponseMessage { asked.Store(true); return nil })
+	for _, c := range []struct {
+		name string
+		edit func(*kmiptest.CA, *tls.Config)
+		host string // the token's host for the server
+		want string
+	}{
+		{"certificate for another IP and name", otherName, "127.0.0.1", "certificate is valid for 127.0.0.2"},
+		{"token names a host the certificate does not", nil, "localhost", "wanted to match localhost"},
+		{"TLS 1.1 only", tls11, "127.0.0.1", "protocol version"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var edits []func(*kmiptest.CA, *tls.Config)
+			if c.edit != nil {
+				edits = append(edits, c.edit)
+			}
+			h := startHostile(t, handle, edits...)
+			_, port, _ := net.SplitHostPort(h.addr)
+			server := net.JoinHostPort(c.host, port)
+			ident, err := kms.TLSFiles(h.ca.CertFile, h.client.CertFile, h.client.KeyFile, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := kms.New(kms.Config{Identity: ident, Timing: kms.Timing{Attempt: 5 * time.Second, Rounds: 2, Backoff: 10 * time.Millisecond}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = p.Unseal(t.Context(), hostileToken(t, kms.ModeWrap, server))
+			t.Logf("%v", err)
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "TLS handshake") {
+				t.Errorf("want a TLS failure saying %q: %v", c.want, err)
+			}
+			if asked.Load() {
+				t.Errorf("a KMIP request reached a server that failed TLS verification")
+			}
+		})
 	}
 }
