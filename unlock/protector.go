@@ -11,6 +11,7 @@ package unlock
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // ErrNotMine is returned by Protector.Unseal for a token it does not handle (another
@@ -52,6 +53,23 @@ type Enrollment struct {
 	Passphrase []byte
 	// Token is the token JSON object without its "keyslots" field; the caller sets it.
 	Token map[string]any
+}
+
+// String redacts the passphrase, so that an Enrollment printed or logged (%v, %s,
+// hclog) never shows it.
+func (e *Enrollment) String() string {
+	if e == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("unlock.Enrollment{Passphrase: [REDACTED %d bytes], Token type %v}", len(e.Passphrase), e.Token["type"])
+}
+
+// GoString redacts the passphrase for %#v.
+func (e *Enrollment) GoString() string { return e.String() }
+
+// MarshalJSON refuses: an Enrollment carries a secret.
+func (e *Enrollment) MarshalJSON() ([]byte, error) {
+	return nil, errors.New("unlock: an Enrollment carries a keyslot passphrase and is never marshalled")
 }
 
 // Enroller seals a new secret for a volume.
