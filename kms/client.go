@@ -11,12 +11,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/kmipclient"
@@ -187,12 +190,41 @@ type TLSIdentity struct {
 // the server verified against Roots for its host name or IP.
 func (id *TLSIdentity) config(server string) *tls.Config {
 	host, _, _ := net.SplitHostPort(server)
-	return &tls.Config{
+	cfg := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		RootCAs:      id.Roots,
 		Certificates: []tls.Certificate{id.Cert},
 		ServerName:   host,
 	}
+	if cs, ok := id.Cert.PrivateKey.(ContextSigner); ok {
+		// crypto/tls calls Sign without a context; a TPM-held key gets the
+		// handshake's, so a TPM that does not answer cannot outlive the deadline.
+		cfg.Certificates = nil
+		cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c := id.Cert
+			c.PrivateKey = ctxSigner{cs, cri.Context()}
+			return &c, nil
+		}
+	}
+	return cfg
+}
+
+// ContextSigner is a crypto.Signer whose signature can be bounded by a context (a
+// TPM-held key, tpmkey.Signer): the TLS handshake's context bounds it.
+type ContextSigner interface {
+	crypto.Signer
+	SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error)
+}
+
+// ctxSigner is a ContextSigner bound to one handshake's context.
+type ctxSigner struct {
+	s   ContextSigner
+	ctx context.Context
+}
+
+func (c ctxSigner) Public() crypto.PublicKey { return c.s.Public() }
+func (c ctxSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return c.s.SignContext(c.ctx, digest, opts)
 }
 
 // Timing bounds the network work of one operation.
@@ -366,15 +398,36 @@ func (s *session) request(ctx context.Context, payload kmip.OperationPayload) (k
 	}
 	bi := res[0]
 	if len(bi.UniqueBatchItemID) > 0 && !bytes.Equal(bi.UniqueBatchItemID, cv[:]) {
-		return nil, corr, fmt.Errorf("KMIP %s: response for batch item %x, not ours", ttlv.EnumStr(payload.Operation()), bi.UniqueBatchItemID)
+		return nil, corr, fmt.Errorf("KMIP %s: response for batch item %.16x, not ours", ttlv.EnumStr(payload.Operation()), bi.UniqueBatchItemID)
 	}
 	if bi.ResultStatus != kmip.ResultStatusSuccess {
-		return nil, corr, &KMIPError{Operation: payload.Operation(), Status: bi.ResultStatus, Reason: bi.ResultReason, Message: bi.ResultMessage}
+		return nil, corr, &KMIPError{Operation: payload.Operation(), Status: bi.ResultStatus, Reason: bi.ResultReason, Message: serverText(bi.ResultMessage)}
 	}
 	if bi.ResponsePayload == nil {
 		return nil, corr, fmt.Errorf("KMIP %s: empty response", ttlv.EnumStr(payload.Operation()))
 	}
 	return bi.ResponsePayload, corr, nil
+}
+
+// maxServerText bounds the server-written text an error carries.
+const maxServerText = 200
+
+// serverText makes a server's Result Message safe to print in errors, logs, the
+// status socket and audit records: printable characters only (others become '?'),
+// at most maxServerText bytes.
+func serverText(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if b.Len() >= maxServerText {
+			b.WriteString("...")
+			break
+		}
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			r = '?'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // classify names the failure for metrics and decides whether another attempt may
@@ -443,7 +496,15 @@ func (p *Protector) run(ctx context.Context, opName string, servers []string, op
 			attempts++
 			actx, cancel := context.WithTimeout(ctx, tm.Attempt)
 			start := time.Now()
-			corr, err := func() (string, error) {
+			corr, err := func() (corr string, err error) {
+				// kmip-go v0.8.1 can panic in the caller's goroutine when a server
+				// drops the connection mid-request (its sender races the reader's
+				// close of the send channel): one server's failure, not the daemon's.
+				defer func() {
+					if r := recover(); r != nil {
+						corr, err = "", fmt.Errorf("%w: KMIP client failed on this connection: %v", ErrBadResponse, r)
+					}
+				}()
 				s, err := p.dial(actx, srv)
 				if err != nil {
 					return "", err
