@@ -272,7 +272,19 @@ type session struct {
 // negotiation, all bounded by ctx.
 func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 	cfg := p.id.config(server)
+	dialed := false
 	dialer := func(ctx context.Context) (net.Conn, error) {
+		// One connection per attempt: kmip-go reconnects up to three times, without
+		// delay, when a server closes the connection; the retry policy (rounds,
+		// backoff with jitter) is run's alone, so a server that drops every
+		// connection is not hammered.
+		if dialed {
+			// Not an error: kmip-go v0.8.1 then leaves its client without a
+			// connection, and its Close dereferences nil. A connection that reads
+			// as closed ends the request with errDropped instead.
+			return newDroppedConn(), nil
+		}
+		dialed = true
 		nd := net.Dialer{Timeout: p.cfg.Timing.Connect}
 		raw, err := nd.DialContext(ctx, "tcp", server)
 		if err != nil {
@@ -360,6 +372,22 @@ func handshake(ctx context.Context, raw net.Conn, cfg *tls.Config) (net.Conn, er
 	}
 	return &closeOnWriteError{Conn: tc}, nil
 }
+
+// errDropped ends a request whose connection the server closed.
+var errDropped = errors.New("the server closed the connection")
+
+// droppedConn is what kmip-go gets when it tries to reconnect within an attempt: it
+// reads errDropped and discards writes, touching no network.
+type droppedConn struct{ net.Conn }
+
+func newDroppedConn() *droppedConn {
+	a, b := net.Pipe()
+	b.Close()
+	return &droppedConn{a}
+}
+
+func (*droppedConn) Read([]byte) (int, error)    { return 0, errDropped }
+func (*droppedConn) Write(b []byte) (int, error) { return len(b), nil }
 
 // closeOnWriteError turns a failed write into a closed connection and a write that
 // "succeeded": kmip-go v0.8.1's writer goroutine reports a write error on a channel

@@ -60,7 +60,8 @@ func TestThunderingHerd(t *testing.T) {
 			defer func() { <-sem }()
 			id := srv.CA.Issue(t, srv.Client.CN, false)
 			p := newProtector(t, srv, id, kms.Timing{}, nil) // the daemon's defaults
-			uuid := fmt.Sprintf("%x-herd", randBytes(8))
+			b := randBytes(16)
+			uuid := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 			e := &kms.Enrollment{Protector: setup, VolumeUUID: uuid, Keyslot: 1, Servers: []string{srv.Addr}, KEK: kek}
 			en, err := e.Enroll(t.Context())
 			if err != nil {

@@ -462,3 +462,27 @@ func TestHostileResultMessage(t *testing.T) {
 		t.Errorf("the server's message reached the error raw (%d bytes)", len(err.Error()))
 	}
 }
+
+// TestDroppedConnectionsNotHammered: a server that closes every connection at once
+// gets one connection per attempt (Timing.Rounds of them), not kmip-go's extra
+// immediate reconnects.
+func TestDroppedConnectionsNotHammered(t *testing.T) {
+	if raceEnabled {
+		t.Skip("kmip-go v0.8.1 races on a connection closed under a request")
+	}
+	var conns atomic.Int32
+	h := startHostile(t, func(c *tls.Conn) { conns.Add(1) })
+	ident, err := kms.TLSFiles(h.ca.CertFile, h.client.CertFile, h.client.KeyFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := kms.New(kms.Config{Identity: ident, Timing: kms.Timing{Rounds: 3, Backoff: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Unseal(t.Context(), hostileToken(t, kms.ModeWrap, h.addr))
+	t.Logf("%d connections: %v", conns.Load(), err)
+	if err == nil || conns.Load() != 3 {
+		t.Errorf("%d connections for 3 attempts", conns.Load())
+	}
+}
