@@ -59,7 +59,7 @@ func TestKMSBenchReport(t *testing.T) {
 	var toks [16]unlock.Token
 	var passes [16][]byte
 	for i := range toks {
-		passes[i], toks[i] = f.enroll(t, kms.Enrollment{Keyslot: 1, VolumeUUID: fmt.Sprintf("bench-%02d", i)})
+		passes[i], toks[i] = f.enroll(t, kms.Enrollment{Keyslot: 1, VolumeUUID: fmt.Sprintf("00000000-0000-4000-8000-%012d", i)})
 	}
 	_, getTok := f.enroll(t, kms.Enrollment{Keyslot: 1, Mode: kms.ModeGet})
 	one := func(tok unlock.Token) time.Duration {

@@ -64,14 +64,14 @@ func TestTPMClientKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &kms.Enrollment{Protector: p, VolumeUUID: "tpm-key-volume", Keyslot: 1, Servers: []string{srv.Addr}}
+	e := &kms.Enrollment{Protector: p, VolumeUUID: "7b0e1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4", Keyslot: 1, Servers: []string{srv.Addr}}
 	en, err := e.Enroll(t.Context())
 	if err != nil {
 		t.Fatalf("enrol with the TPM-held client key: %v", err)
 	}
 	en.Token["keyslots"] = []string{"1"}
 	js, _ := json.Marshal(en.Token)
-	tok := unlock.Token{Type: kms.TokenType, Keyslots: []int{1}, JSON: js, VolumeUUID: "tpm-key-volume"}
+	tok := unlock.Token{Type: kms.TokenType, Keyslots: []int{1}, JSON: js, VolumeUUID: "7b0e1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4"}
 	if _, err := p.Unseal(t.Context(), tok); err != nil {
 		t.Fatalf("unseal with the TPM-held client key: %v", err)
 	}
