@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -262,6 +263,9 @@ func (t Timing) withDefaults() Timing {
 	return t
 }
 
+// kmipVersions are the KMIP versions offered, most preferred first.
+var kmipVersions = []kmip.ProtocolVersion{kmip.V1_4, kmip.V1_3, kmip.V1_2}
+
 // session is one connected, version-negotiated client.
 type session struct {
 	c      *kmipclient.Client
@@ -295,7 +299,7 @@ func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 	opts := []kmipclient.Option{
 		kmipclient.WithDialerUnsafe(dialer),
 		kmipclient.WithMiddlewares(noTimeStamp, checkResponse),
-		kmipclient.WithKmipVersions(kmip.V1_4, kmip.V1_3, kmip.V1_2),
+		kmipclient.WithKmipVersions(kmipVersions...),
 		kmipclient.WithMaxMessageSize(64 << 10),
 	}
 	// The version a server negotiated once is reused: one round trip (DiscoverVersions)
@@ -306,6 +310,12 @@ func (p *Protector) dial(ctx context.Context, server string) (*session, error) {
 	c, err := kmipclient.DialContext(ctx, server, opts...)
 	if err != nil {
 		return nil, err
+	}
+	// kmip-go takes the server's first version as it comes; only one we offered
+	// is spoken (1.0 and 1.1 lack Encrypt/Decrypt, 2.x encodes attributes anew).
+	if v := c.Version(); !slices.Contains(kmipVersions, v) {
+		c.Close()
+		return nil, fmt.Errorf("%w: the server chose KMIP %d.%d, which was not offered", ErrBadResponse, v.ProtocolVersionMajor, v.ProtocolVersionMinor)
 	}
 	p.versions.Store(server, c.Version())
 	return &session{c: c, server: server}, nil

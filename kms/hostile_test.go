@@ -214,6 +214,12 @@ func TestHostileServer(t *testing.T) {
 		{"discover versions answered with a decrypt payload", kms.ModeWrap, answer(on(kmip.OperationDiscoverVersions, func(req *kmip.RequestMessage) *kmip.ResponseMessage {
 			return reply(req, kmip.OperationDecrypt, &payloads.DecryptResponsePayload{UniqueIdentifier: "1", Data: make([]byte, 32)})
 		})), "Decrypt"},
+		{"discover versions answers 2.1", kms.ModeWrap, answer(on(kmip.OperationDiscoverVersions, func(req *kmip.RequestMessage) *kmip.ResponseMessage {
+			return reply(req, kmip.OperationDiscoverVersions, &payloads.DiscoverVersionsResponsePayload{ProtocolVersion: []kmip.ProtocolVersion{kmip.V2_1}})
+		})), "KMIP 2.1, which was not offered"},
+		{"discover versions answers 1.0", kms.ModeWrap, answer(on(kmip.OperationDiscoverVersions, func(req *kmip.RequestMessage) *kmip.ResponseMessage {
+			return reply(req, kmip.OperationDiscoverVersions, &payloads.DiscoverVersionsResponsePayload{ProtocolVersion: []kmip.ProtocolVersion{kmip.V1_0}})
+		})), "KMIP 1.0, which was not offered"},
 		{"discover versions without payload", kms.ModeWrap, answer(on(kmip.OperationDiscoverVersions, func(req *kmip.RequestMessage) *kmip.ResponseMessage {
 			return reply(req, kmip.OperationDiscoverVersions, nil)
 		})), "no response payload"},

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -290,6 +291,10 @@ func cmdKMSRewrap(ctx context.Context, e *env, args []string) error {
 func daemonKMIP(e *env, cfg *daemon.Config) (unlock.Protector, []io.WriterTo, error) {
 	if cfg.KMIPCA == "" {
 		return kmipUnconfigured{}, nil, nil
+	}
+	if fi, err := os.Stat(cfg.KMIPKey); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 {
+		// Not refused yet (provisioned hosts may have it so): said at every start.
+		e.log.Warn("the KMIP client key is accessible by group or others; chmod 600 it", "kmip-key", cfg.KMIPKey, "mode", fmt.Sprintf("%#o", fi.Mode().Perm()))
 	}
 	p, err := newKMIPProtector(e, cfg.KMIPCA, cfg.KMIPCert, cfg.KMIPKey, cfg.TPMDevice, "", 0)
 	if err != nil {
