@@ -127,33 +127,55 @@ func RestoreHeader(dev Device, size int64, backup io.ReaderAt, backupSize int64)
 		return false
 	}
 	const block = 4096
+	const maxRun = 1 << 20
 	want := make([]byte, block)
 	have := make([]byte, block)
+	run := make([]byte, 0, maxRun)
+	defer func() { wipe(want); wipe(have); wipe(run[:cap(run)]) }()
 	// pass writes every block of the keyslots area that differs on dev and for
-	// which pick is true, then syncs.
+	// which pick is true, contiguous blocks in one write of up to maxRun bytes,
+	// then syncs.
 	pass := func(pick func(a, b int64) bool) error {
+		var runAt int64
+		flush := func() error {
+			if len(run) > 0 {
+				if err := writeFull(dev, run, runAt); err != nil {
+					return fmt.Errorf("luks2: writing keyslots area: %w", err)
+				}
+			}
+			run = run[:0]
+			return nil
+		}
 		for off := 2 * bv.bin.hdrSize; off < areas; off += block {
 			n := min(block, areas-off)
-			if !pick(off, off+n) {
-				continue
+			skip := !pick(off, off+n)
+			if !skip {
+				if err := readFull(backup, want[:n], off); err != nil {
+					return fmt.Errorf("luks2: reading header backup: %w", err)
+				}
+				err := readFull(dev, have[:n], off)
+				skip = err == nil && bytes.Equal(want[:n], have[:n])
 			}
-			if err := readFull(backup, want[:n], off); err != nil {
-				return fmt.Errorf("luks2: reading header backup: %w", err)
+			if skip || len(run)+int(n) > maxRun || (len(run) > 0 && runAt+int64(len(run)) != off) {
+				if err := flush(); err != nil {
+					return err
+				}
 			}
-			if err := readFull(dev, have[:n], off); err == nil && bytes.Equal(want[:n], have[:n]) {
-				continue
+			if !skip {
+				if len(run) == 0 {
+					runAt = off
+				}
+				run = append(run, want[:n]...)
 			}
-			if err := writeFull(dev, want[:n], off); err != nil {
-				return fmt.Errorf("luks2: writing keyslots area: %w", err)
-			}
+		}
+		if err := flush(); err != nil {
+			return err
 		}
 		if err := dev.Sync(); err != nil {
 			return fmt.Errorf("luks2: sync: %w", err)
 		}
 		return nil
 	}
-	defer wipe(want)
-	defer wipe(have)
 	if err := pass(func(a, b int64) bool { return overlaps(used, a, b) && !overlaps(live, a, b) }); err != nil {
 		return err
 	}
