@@ -142,3 +142,43 @@ func TestRestoreRefusesOtherLayout(t *testing.T) {
 		t.Fatalf("%d writes before refusing", len(d.writes))
 	}
 }
+
+// TestCrashSafetySeqidWrap: a header at seqid 2^64-1 (hostile or ancient) is still
+// changed crash-safely: the next seqid wraps to 0 in both copies, and a cut after
+// the first copy leaves the old copy (at 2^64-1) winning, never a mix.
+func TestCrashSafetySeqidWrap(t *testing.T) {
+	op := crashOp{
+		name: "keyslot add at seqid 2^64-1",
+		setup: func(t *testing.T) []byte {
+			img := memFormat(t, crashSize, "old", crashFormatOpts())
+			v, d := openMem(t, img, ReadWrite)
+			bh := v.bin
+			bh.seqid = 1<<64 - 1
+			_, _, pb, sb, err := v.encodeCopies(bh, v.meta.encode())
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := bytes.Clone(d.cur)
+			copy(out, pb)
+			copy(out[bh.hdrSize:], sb)
+			return out
+		},
+		op: func(v *Volume, vk *VolumeKey) error {
+			if v.Metadata().Seqid != 1<<64-1 {
+				return errors.New("setup did not reach seqid 2^64-1")
+			}
+			_, err := v.AddKeyslot(context.Background(), vk, []byte("new"), AnySlot, &KeyslotOptions{KDF: MinimumCostKDF()})
+			return err
+		},
+		check: func(t *testing.T, v *Volume, done bool) {
+			if !unlocks(v, "old") {
+				t.Error("old passphrase no longer opens the volume")
+			}
+			if done && !unlocks(v, "new") {
+				t.Error("new passphrase does not open after a completed add")
+			}
+			slotsConsistent(t, v, map[int]string{0: "old", 1: "new"})
+		},
+	}
+	runCrashOp(t, op)
+}
