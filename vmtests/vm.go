@@ -95,6 +95,9 @@ type Machine struct {
 	// MonitorActions are QEMU monitor commands sent when the guest's console shows a
 	// marker (monitor.go).
 	MonitorActions []MonitorAction
+	// ConsoleReplies are typed on the serial console when it shows their prompts
+	// (console.go).
+	ConsoleReplies []ConsoleReply
 	// Logf receives progress lines (testing.T.Logf).
 	Logf  func(format string, args ...any)
 	boots int
@@ -310,6 +313,10 @@ func (m *Machine) Boot(ctx context.Context, steps []Step, files map[string][]byt
 	m.Logf("boot %d: qemu (%s), console log %s", m.boots, m.env.Accel, console)
 	monCtx, monCancel := context.WithCancel(ctx)
 	go m.runMonitorActions(monCtx, dir, console)
+	if in := m.consoleInput(monCtx, console); in != nil {
+		cmd.Stdin = in
+		defer in.Close()
+	}
 	runErr := cmd.Run()
 	monCancel()
 	b := &Boot{Wall: time.Since(start), Console: console}
