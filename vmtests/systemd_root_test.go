@@ -65,7 +65,7 @@ diskcryptd enroll recovery --key-file /run/vmtest/initial.key $dev
 diskcryptd unlock --key-file /run/vmtest/initial.key $dev croot
 mkfs.ext4 -q -L cryptroot /dev/mapper/croot`},
 		Step{Name: "copy", Script: `mount /dev/mapper/croot /mnt
-cp -ax / /mnt/
+cp -ax /. /mnt/
 echo "` + marker + `" > /mnt/etc/vmtest-marker
 echo "/dev/mapper/croot / ext4 defaults 0 1" > /mnt/etc/fstab
 rm -f /mnt/etc/diskcryptd/diskcryptd.conf /mnt/etc/crypttab
