@@ -116,8 +116,10 @@ diskcryptd lock croot`},
 	}
 
 	// Boots 2 and 3 start from the guest's own initramfs (initramfs-tools with the hook).
+	// The kernel reads the harness's appended (uncompressed) archive only at a 4-byte
+	// aligned offset after the compressed one; zeros in between are skipped.
 	re := *m.env
-	re.Initramfs = initrd
+	re.Initramfs = append(initrd, make([]byte, (4-len(initrd)%4)%4)...)
 	m.env = &re
 	m.Append = "root=/dev/mapper/croot"
 	m.Extra = map[string]string{"/bin/pcrextend": e.Binaries["/bin/pcrextend"]}
