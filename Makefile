@@ -5,7 +5,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 export CGO_ENABLED ?= 0
 
-.PHONY: deb
+.PHONY: deb bench-boot
 .PHONY: all build static test peers unit race purego fuzz vmtest bench bench-xts bench-tang bench-reencrypt bench-kms lint generate demo clean
 
 all: build
@@ -56,6 +56,11 @@ bench-tang:
 # (beside PyKMIP's own client), and 200 hosts unlocking at the same moment.
 bench-kms:
 	KMS_BENCH_REPORT=1 $(GO) test -v -count=1 -run '^(TestKMSBenchReport|TestThunderingHerd)$$' ./kms/
+
+# Boot to "all volumes unlocked" under systemd, 8 disks: diskcryptd.service beside
+# systemd-cryptsetup (crypttab tpm2-device=auto) in the same guest; daemon RSS.
+bench-boot: static
+	$(GO) test -count=1 -timeout 40m ./vmtests/ -vm -vm.bench -run '^TestSystemdBootNumbers$$' -v
 
 bench-xts:
 	XTS_SPEED_REPORT=1 $(GO) test -v -count=1 -run '^TestSpeedReport$$' ./xts/

@@ -1,11 +1,15 @@
 package vmtests
 
 import (
+	"flag"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 )
+
+// benchBootFlag runs TestSystemdBootNumbers: three more systemd boots, for figures only.
+var benchBootFlag = flag.Bool("vm.bench", false, "run TestSystemdBootNumbers (make bench-boot)")
 
 // unitTimes is one unit's ActiveState and its monotonic timestamps (µs since boot).
 type unitTimes struct {
@@ -58,6 +62,9 @@ func span(m map[string]unitTimes) (first, last float64, active int) {
 // (written by diskcryptd, PCR 7). It reports the figures and the daemon's memory;
 // wall-clock figures are not asserted. TestSystemd reports the 1-disk figures.
 func TestSystemdBootNumbers(t *testing.T) {
+	if !*benchBootFlag {
+		t.Skip("boot figures run with -vm.bench (make bench-boot); TestSystemd reports the 1-disk figures")
+	}
 	const n = 8
 	e, img := setupSystemd(t)
 	m := newSystemdMachine(t, e, img)
