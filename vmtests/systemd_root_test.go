@@ -122,7 +122,9 @@ diskcryptd lock croot`},
 	re.Initramfs = append(initrd, make([]byte, (4-len(initrd)%4)%4)...)
 	m.env = &re
 	m.Append = "root=/dev/mapper/croot"
-	m.Extra = map[string]string{"/bin/pcrextend": e.Binaries["/bin/pcrextend"]}
+	// /usr/bin, not /bin: in the merged-/usr initramfs /bin is a symlink, and an archive
+	// entry "bin" (a directory) would replace it.
+	m.Extra = map[string]string{"/usr/bin/pcrextend": e.Binaries["/bin/pcrextend"]}
 	lib := map[string][]byte{"/vmtest/lib.sh": []byte(libScript)}
 	check := Step{Name: "root", Script: "findmnt -n -o SOURCE,TARGET /\ncat /etc/vmtest-marker\ncat /proc/cmdline"}
 
