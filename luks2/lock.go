@@ -66,7 +66,14 @@ func (v *Volume) lockForWrite(ctx context.Context) (release func(), changed bool
 		}
 		v.lockRelease = rel
 		st, err := readHeaders(v.dev)
-		if err == nil && v.differsFrom(st.best) {
+		if err != nil {
+			// Another process wiped or reformatted the device since v read it:
+			// writing v's header back would destroy what is there now.
+			v.lockRelease()
+			v.lockRelease = nil
+			return nil, false, fmt.Errorf("%w: the device no longer holds a valid LUKS2 header: %w", ErrConcurrentUpdate, err)
+		}
+		if v.differsFrom(st.best) {
 			changed = true
 			if err := v.load(); err != nil {
 				v.lockRelease()

@@ -3,6 +3,7 @@
 package luks2
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -126,5 +127,53 @@ func TestLockDirHardening(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLockRefusesWhenHeaderGone: when the device no longer carries a LUKS2 header
+// under the lock (another tool formatted it while the Volume was open), no write
+// recreates the old header over what is there now.
+func TestLockRefusesWhenHeaderGone(t *testing.T) {
+	ctx := context.Background()
+	path := writeImage(t, t.TempDir(), memFormat(t, crashSize, "p", crashFormatOpts()))
+	v, err := OpenFile(path, ReadWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	vk, _, err := v.Unlock(ctx, []byte("p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vk.Wipe()
+	// Another tool (mkfs, wipefs) takes the device over.
+	other := make([]byte, 2*DefaultHeaderSize)
+	copy(other[1080:], []byte{0x53, 0xEF}) // an ext4 superblock magic
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(other, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for name, op := range map[string]func() error{
+		"add keyslot": func() error {
+			_, err := v.AddKeyslot(ctx, vk, []byte("q"), AnySlot, &KeyslotOptions{KDF: MinimumCostKDF()})
+			return err
+		},
+		"set label": func() error { return v.SetLabel("x", "") },
+		"repair":    v.Repair,
+	} {
+		if err := op(); !errors.Is(err, ErrConcurrentUpdate) {
+			t.Errorf("%s on a device that lost its header: %v, want ErrConcurrentUpdate", name, err)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b[:len(other)], other) {
+		t.Fatal("the old header was written back over the new contents")
 	}
 }
