@@ -182,3 +182,64 @@ func TestCrashSafetySeqidWrap(t *testing.T) {
 	}
 	runCrashOp(t, op)
 }
+
+// nopLocker lets a Volume on a memDev take the lock path (re-read under the lock)
+// without a file to flock.
+type nopLocker struct{}
+
+func (nopLocker) lock(context.Context) (func(), error) { return func() {}, nil }
+
+// TestCrashSafetyAfterLockReload: a Volume that read the header before another
+// process added a keyslot re-reads it under the lock and adds its own keyslot on top.
+// Cut at every point, the volume opens with the old passphrase and the other
+// process's, never loses the other's keyslot, and has the new one once done.
+func TestCrashSafetyAfterLockReload(t *testing.T) {
+	ctx := context.Background()
+	stale := memFormat(t, crashSize, "old", crashFormatOpts())
+	ov, od := openMem(t, stale, ReadWrite)
+	if _, err := ov.AddKeyslotByPassphrase(ctx, []byte("old"), []byte("other"), AnySlot, &KeyslotOptions{KDF: MinimumCostKDF()}); err != nil {
+		t.Fatal(err)
+	}
+	fresh := bytes.Clone(od.durable)
+	run := func(budget int64) (*memDev, error) {
+		d := newMemDev(stale, -1)
+		v, err := OpenDevice(d, crashSize, ReadWrite)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.locker = nopLocker{}
+		vk, _, err := v.Unlock(ctx, []byte("old"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vk.Wipe()
+		// The other process's change lands after v read the header.
+		d.cur, d.durable, d.budget = bytes.Clone(fresh), bytes.Clone(fresh), budget
+		_, err = v.AddKeyslot(ctx, vk, []byte("new"), AnySlot, &KeyslotOptions{KDF: MinimumCostKDF()})
+		return d, err
+	}
+	dry, err := run(-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := dry.written
+	for _, budget := range budgets(dry, total) {
+		d, err := run(budget)
+		done := err == nil
+		if !done && !errors.Is(err, errCrash) {
+			t.Fatalf("budget %d: %v", budget, err)
+		}
+		for name, img := range map[string][]byte{"written": d.cur, "synced": d.durable} {
+			rv, err := OpenDevice(newMemDev(img, -1), crashSize, ReadOnly)
+			if err != nil {
+				t.Fatalf("cut@%d/%s: reopen: %v", budget, name, err)
+			}
+			if !unlocks(rv, "old") || !unlocks(rv, "other") {
+				t.Errorf("cut@%d/%s: old %v other %v", budget, name, unlocks(rv, "old"), unlocks(rv, "other"))
+			}
+			if done && bytes.Equal(d.cur, d.durable) && !unlocks(rv, "new") {
+				t.Errorf("cut@%d/%s: new passphrase does not open after a completed add", budget, name)
+			}
+		}
+	}
+}
