@@ -166,7 +166,7 @@ func TestEncryptCrashAtEveryWrite(t *testing.T) {
 	}
 	if raceEnabled {
 		var some []int64
-		for i := 0; i < len(cuts); i += 3 {
+		for i := 0; i < len(cuts); i += 5 {
 			some = append(some, cuts[i])
 		}
 		cuts = some
@@ -221,9 +221,18 @@ func (f *plainFixture) memCheck(t testing.TB, name string, img []byte) {
 	}
 	defer vk.Wipe()
 	md := v.Metadata()
-	pt := refXTS(t, vk.Bytes(), md.SectorSize, md.IVTweak, img[md.DataOffset:md.DataOffset+int64(len(f.plain))], true)
-	if !bytes.Equal(pt, f.plain) {
-		t.Fatalf("%s: plaintext differs at byte %d", name, firstDiff(pt, f.plain))
+	// Under the race detector the reference XTS (Go code) is slow: check the first
+	// 4 KiB of every 256 KiB.
+	step, span := int64(len(f.plain)), int64(len(f.plain))
+	if raceEnabled {
+		step, span = 256<<10, 4096
+	}
+	for a := int64(0); a < int64(len(f.plain)); a += step {
+		ct := img[md.DataOffset+a : md.DataOffset+a+span]
+		pt := refXTS(t, vk.Bytes(), md.SectorSize, md.IVTweak+uint64(a/512), ct, true)
+		if !bytes.Equal(pt, f.plain[a:a+span]) {
+			t.Fatalf("%s: plaintext differs at byte %d", name, a+int64(firstDiff(pt, f.plain[a:a+span])))
+		}
 	}
 	if bytes.Contains(img[len(img)-int(f.reduce/2):], f.plain[:4096]) {
 		t.Fatalf("%s: plaintext of the moved segment left at the end of the device", name)
@@ -278,7 +287,7 @@ func TestEncryptInPlaceCrashAtEveryWrite(t *testing.T) {
 	}
 	if raceEnabled {
 		var some []int64
-		for i := 0; i < len(cuts); i += 3 {
+		for i := 0; i < len(cuts); i += 5 {
 			some = append(some, cuts[i])
 		}
 		cuts = some

@@ -81,12 +81,12 @@ func TestCryptsetupKilledWeFinish(t *testing.T) {
 	}{
 		{9, []string{"--hotzone-size", "4M"}},
 		{24, []string{"--hotzone-size", "4M"}},
-		{3, nil}, // cryptsetup's default: the whole 128 MiB in one hotzone
+		{3, nil}, // cryptsetup's default: the whole 64 MiB in one hotzone
 		{7, []string{"--resilience", "journal"}},
 	} {
 		t.Run(strconv.FormatUint(c.commits, 10)+strings.Join(c.args, ""), func(t *testing.T) {
 			commits := c.commits
-			f := newFixture(t, t.TempDir(), 144<<20, 4096)
+			f := newFixture(t, t.TempDir(), 80<<20, 4096)
 			base := seqid(t, f.img)
 			args := append([]string{"reencrypt", "--force-offline-reencrypt", "--batch-mode", "--pbkdf", "pbkdf2",
 				"--pbkdf-force-iterations", "1000", "--key-file", f.kf}, c.args...)
