@@ -43,7 +43,7 @@ func FetchRootfs(ctx context.Context, cacheDir string) (string, time.Duration, e
 	}
 	tmp := tar + ".tmp"
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "mmdebstrap", "--quiet", "--variant=minbase",
+	cmd := exec.CommandContext(ctx, "mmdebstrap", "--quiet", "--variant=minbase", "--format=tar",
 		"--include="+strings.Join(SystemdPackages, ","), "bookworm", tmp)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.Remove(tmp)

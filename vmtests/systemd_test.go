@@ -281,7 +281,7 @@ rm -r /run/systemd/system/diskcryptd.service.d; systemctl daemon-reload`},
 			t.Errorf("journal entry of the unlock lacks %s:\n%s", want, j)
 		}
 	}
-	t.Logf("journal (export format):\n%s", j)
+	t.Logf("journal entry of the unlock (JSON fields):\n%s", j)
 	rss := out(t, b2, "rss")
 	t.Logf("daemon memory after boot: %s", strings.Join(strings.Fields(rss), " "))
 	if got := out(t, b2, "crypttab-opened"); !strings.Contains(got, "active") || !strings.Contains(got, string(marker)) {
