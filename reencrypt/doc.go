@@ -73,10 +73,13 @@
 // checksummed; both stages split their work in 4 MiB chunks over GOMAXPROCS
 // goroutines. Hotzones are 64 MiB by default (two metadata commits each). When the
 // device is an *os.File (image or block device) and the data is page aligned, each
-// hotzone is mapped (mmap, MAP_SHARED) instead of read and written: it is hashed in
-// place, decrypted into a scratch buffer and encrypted back into the mapping (so
-// plaintext never sits in the device's page cache), and msync'ed before the post
-// commit; this saves the two copies through read and write.
+// hotzone is mapped read-only (mmap) instead of read: it is hashed in place and
+// decrypted from the mapping into a scratch buffer, encrypted there and written
+// with WriteAt. The new ciphertext is never stored into the mapping: plaintext never
+// reaches the device's page cache, and a process killed mid-write leaves whole 4 KiB
+// blocks (the kernel copies a write page by page), as checksum recovery needs —
+// stores into a shared mapping can be cut every 16 bytes (the kill -9 loop found
+// that).
 //
 // # Secrets
 //

@@ -500,11 +500,8 @@ func (e *engine) rewrite(ctx context.Context, z *zone) error {
 	var err error
 	if z.mapped {
 		err = e.parallel(z.n, func(a, b uint64) error {
-			return faultGuard(func() { e.transformMapped(z.buf[a:b], z.off+a) })
+			return e.transformMapped(z.buf[a:b], z.off+a)
 		})
-		if err == nil {
-			err = e.mm.sync(z.buf)
-		}
 		if uerr := e.mm.unmap(z.buf); err == nil {
 			err = uerr
 		}
@@ -541,16 +538,31 @@ func faultGuard(f func()) (err error) {
 	return nil
 }
 
-// transformMapped re-encrypts b, a window of the mapped device at data offset
-// off, in place, through a scratch buffer: plaintext never reaches the mapped pages
-// (writeback could carry it to the disk).
-func (e *engine) transformMapped(b []byte, off uint64) {
+// transformMapped re-encrypts b, a window of the mapped device at data offset off:
+// it decrypts from the mapping into a scratch buffer, encrypts there and writes the
+// result with WriteAt. Never storing into the mapping matters twice: plaintext
+// never reaches the device's page cache, and a process killed mid-way leaves whole
+// 4 KiB blocks (the kernel copies a write page by page and stops only between
+// pages), which checksum recovery needs; stores into a mapping can be cut every 16
+// bytes.
+func (e *engine) transformMapped(b []byte, off uint64) error {
 	sp := e.scratch.Get().(*[]byte)
 	s := (*sp)[:len(b)]
-	e.oldC.DecryptSectors(s, b, e.p.prev.SectorSize, e.p.prev.IVTweak+off/512)
-	e.newC.EncryptSectors(b, s, e.p.final.SectorSize, e.p.final.IVTweak+off/512)
-	clear(s)
-	e.scratch.Put(sp)
+	defer func() {
+		clear(s)
+		e.scratch.Put(sp)
+	}()
+	var ferr error
+	if err := faultGuard(func() {
+		e.oldC.DecryptSectors(s, b, e.p.prev.SectorSize, e.p.prev.IVTweak+off/512)
+	}); err != nil {
+		return err
+	}
+	e.newC.EncryptSectors(s, s, e.p.final.SectorSize, e.p.final.IVTweak+off/512)
+	if _, err := e.dev.WriteAt(s, int64(e.p.dataOffset+off)); err != nil {
+		ferr = fmt.Errorf("reencrypt: writing data at %d: %w", e.p.dataOffset+off, err)
+	}
+	return ferr
 }
 
 // transform decrypts b (old ciphertext of the data at off) with the old key,
