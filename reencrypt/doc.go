@@ -54,8 +54,11 @@
 // still equals the stored hash of the old ciphertext, "journal" re-encrypts the
 // whole hotzone from the journal — and commits the post segments; (c) finished.
 // Checksum resilience assumes that a block is either fully old or fully new after
-// a crash (atomic 4096-byte writes, as cryptsetup assumes); journal resilience does
-// not, at the cost of writing every hotzone twice and smaller hotzones (the area,
+// a crash (atomic 4096-byte writes, as cryptsetup assumes). Against a kill -9 the
+// engine keeps that side itself when the data is page aligned: new ciphertext
+// reaches the device only through write calls, never stores into a mapping
+// (TestKillAtPoint kills a run mid-block and resumes it with both tools). Journal
+// resilience does not need it, at the cost of writing every hotzone twice and smaller hotzones (the area,
 // about 16 MiB by default). Interrupting a run (context cancelled, SIGINT in the CLI)
 // stops after the current hotzone's post commit; the run returns ErrInterrupted.
 //

@@ -2,7 +2,9 @@ package reencrypt
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/diskcryptd/diskcryptd/internal/testpeer"
+	"github.com/diskcryptd/diskcryptd/luks2"
 )
 
 // TestKill9Loop runs the diskcryptd binary's rotation and kills it with SIGKILL at
@@ -69,7 +72,12 @@ func TestKill9Loop(t *testing.T) {
 				cmd.Process.Kill()
 				err = <-done
 			}
-			t.Logf("round %d kill %d after %d commits + %v: %v %s", round, kill, k, delay, err, strings.TrimSpace(out.String()))
+			state, torn := f.hotzoneState(t)
+			t.Logf("round %d kill %d after %d commits + %v: %v %s; %s", round, kill, k, delay, err, strings.TrimSpace(out.String()), state)
+			if torn > 0 {
+				// Checksum recovery cannot tell which key a torn block is under.
+				t.Errorf("round %d kill %d: the kill left %d blocks neither old nor new", round, kill, torn)
+			}
 		}
 		// Finish: resume if something is in progress, else (killed before the
 		// start, or done) rotate or nothing.
@@ -86,6 +94,71 @@ func TestKill9Loop(t *testing.T) {
 		}
 		f.checkPython(t)
 	}
+}
+
+// hotzoneState describes the image's re-encryption state for the log: the segments
+// and, when a hotzone was being rewritten, how many of its checksum blocks hold the
+// old ciphertext, the new one, or neither (a torn block, which checksum recovery
+// cannot repair), computed from the fixture's plaintext with the reference XTS. It
+// also returns the number of torn blocks.
+func (f *fixture) hotzoneState(t testing.TB) (string, int) {
+	t.Helper()
+	v, err := luks2.OpenFile(f.img, luks2.ReadOnly)
+	if err != nil {
+		return fmt.Sprintf("open: %v", err), 0
+	}
+	defer v.Close()
+	r, err := v.Reencryption()
+	if err != nil {
+		return fmt.Sprintf("state: %v", err), 0
+	}
+	var segs []string
+	var hz luks2.Segment
+	for _, s := range r.Active() {
+		segs = append(segs, fmt.Sprintf("[%d,+%d %v]", int64(s.Offset)-f.dataOff, s.Size, s.Digests))
+		if s.HasFlag(luks2.FlagInReencryption) {
+			hz = s
+		}
+	}
+	desc := "segments " + strings.Join(segs, " ")
+	if hz.Size == 0 {
+		return desc, 0
+	}
+	newVK, _, err := v.UnlockDigest(context.Background(), []byte("passphrase"), r.DigestNew)
+	if err != nil {
+		return desc + fmt.Sprintf("; new key: %v", err), 0
+	}
+	defer newVK.Wipe()
+	off, n := int64(hz.Offset)-f.dataOff, int64(hz.Size)
+	cur := make([]byte, n)
+	fh, err := os.Open(f.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	if _, err := fh.ReadAt(cur, int64(hz.Offset)); err != nil {
+		t.Fatal(err)
+	}
+	old := refXTS(t, f.key, f.ss, uint64(off/512), f.plain[off:off+n], false)
+	nw := refXTS(t, newVK.Bytes(), f.ss, uint64(off/512), f.plain[off:off+n], false)
+	const bs = 4096
+	var nOld, nNew int
+	var torn []int64
+	for b := int64(0); b < n; b += bs {
+		switch {
+		case bytes.Equal(cur[b:b+bs], old[b:b+bs]):
+			nOld++
+		case bytes.Equal(cur[b:b+bs], nw[b:b+bs]):
+			nNew++
+		default:
+			torn = append(torn, off+b)
+		}
+	}
+	desc += fmt.Sprintf("; hotzone [%d,+%d): %d blocks old, %d new, %d neither", off, n, nOld, nNew, len(torn))
+	if len(torn) > 0 {
+		desc += fmt.Sprintf(" (first at %d)", torn[0])
+	}
+	return desc, len(torn)
 }
 
 // TestSIGINTStopsCleanly sends SIGINT to `diskcryptd reencrypt --json` mid-run: it

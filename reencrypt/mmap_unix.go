@@ -29,3 +29,9 @@ func (m *mapper) mapRange(off int64, n int) ([]byte, error) {
 func (m *mapper) unmap(b []byte) error { return unix.Munmap(b) }
 
 func pageSize() int { return os.Getpagesize() }
+
+// killSelf ends the process as kill -9 does (tests: Options.killAt).
+func killSelf() {
+	unix.Kill(os.Getpid(), unix.SIGKILL)
+	select {}
+}

@@ -70,6 +70,10 @@ type Options struct {
 	Progress func(Progress)
 	// noMap turns off the mapped data path (tests compare both paths).
 	noMap bool
+	// killAt, when positive, makes the run kill its own process with SIGKILL in
+	// the middle of the data write that covers this data offset, leaving what a
+	// real kill there would (tests: a kill -9 at an exact point).
+	killAt int64
 	// DigestIterations sets the pbkdf2 iterations of the new key's digest (0:
 	// benchmarked, as luksFormat does).
 	DigestIterations int
@@ -552,17 +556,13 @@ func (e *engine) transformMapped(b []byte, off uint64) error {
 		clear(s)
 		e.scratch.Put(sp)
 	}()
-	var ferr error
 	if err := faultGuard(func() {
 		e.oldC.DecryptSectors(s, b, e.p.prev.SectorSize, e.p.prev.IVTweak+off/512)
 	}); err != nil {
 		return err
 	}
 	e.newC.EncryptSectors(s, s, e.p.final.SectorSize, e.p.final.IVTweak+off/512)
-	if _, err := e.dev.WriteAt(s, int64(e.p.dataOffset+off)); err != nil {
-		ferr = fmt.Errorf("reencrypt: writing data at %d: %w", e.p.dataOffset+off, err)
-	}
-	return ferr
+	return e.writeData(s, off)
 }
 
 // transform decrypts b (old ciphertext of the data at off) with the old key,
@@ -570,8 +570,25 @@ func (e *engine) transformMapped(b []byte, off uint64) error {
 func (e *engine) transform(b []byte, off uint64) error {
 	e.oldC.DecryptSectors(b, b, e.p.prev.SectorSize, e.p.prev.IVTweak+off/512)
 	e.newC.EncryptSectors(b, b, e.p.final.SectorSize, e.p.final.IVTweak+off/512)
-	if _, err := e.dev.WriteAt(b, int64(e.p.dataOffset+off)); err != nil {
-		return fmt.Errorf("reencrypt: writing data at %d: %w", e.p.dataOffset+off, err)
+	return e.writeData(b, off)
+}
+
+// writeData writes b, new ciphertext, at data offset off with one write call:
+// against a kill -9 it is atomic per page (the kernel copies a write into the page
+// cache page by page and acts on SIGKILL only between pages).
+func (e *engine) writeData(b []byte, off uint64) error {
+	pos := int64(e.p.dataOffset + off)
+	if k := e.o.killAt; k > 0 && uint64(k) >= off && uint64(k) < off+uint64(len(b)) {
+		// What a kill at data offset k leaves: the whole pages before it.
+		end := pos + (k - int64(off))
+		end -= end % int64(pageSize())
+		if end > pos {
+			e.dev.WriteAt(b[:end-pos], pos)
+		}
+		killSelf()
+	}
+	if _, err := e.dev.WriteAt(b, pos); err != nil {
+		return fmt.Errorf("reencrypt: writing data at %d: %w", pos, err)
 	}
 	return nil
 }
