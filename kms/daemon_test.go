@@ -77,7 +77,7 @@ func testDaemon(t *testing.T, shared *fixture) {
 				t.Errorf("good: %+v (the KMS releases the key; mapping an image file fails)", s)
 			}
 		case "revoked":
-			if s.State != daemon.StateLocked || !strings.Contains(s.Reason, "PermissionDenied") || !strings.Contains(s.Reason, f.srv.Addr) {
+			if s.State != daemon.StateLocked || !strings.Contains(s.Reason, "KEK revoked") || !strings.Contains(s.Reason, "PermissionDenied") || !strings.Contains(s.Reason, f.srv.Addr) {
 				t.Errorf("revoked: %+v", s)
 			}
 		}

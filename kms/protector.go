@@ -204,6 +204,10 @@ func (p *Protector) decrypt(ctx context.Context, servers []string, t *Token, aad
 			AuthenticatedEncryptionAdditionalData: aad,
 			AuthenticatedEncryptionTag:            t.Tag,
 		})
+		var ke *KMIPError
+		if errors.As(err, &ke) {
+			return corr, kekRefusal(ctx, s, t.KEKUID, err)
+		}
 		if err != nil {
 			return corr, err
 		}
@@ -227,25 +231,14 @@ func (p *Protector) decrypt(ctx context.Context, servers []string, t *Token, aad
 func (p *Protector) get(ctx context.Context, servers []string, uid string) ([]byte, attemptResult, error) {
 	var secret []byte
 	res, err := p.run(ctx, "get", servers, func(ctx context.Context, s *session) (string, error) {
-		out, corr, err := s.request(ctx, &payloads.GetAttributesRequestPayload{
-			UniqueIdentifier: uid, AttributeName: []kmip.AttributeName{kmip.AttributeNameState}})
+		state, corr, err := s.state(ctx, uid)
 		if err != nil {
 			return corr, err
-		}
-		attrs, err := payloadAs[*payloads.GetAttributesResponsePayload](out)
-		if err != nil {
-			return corr, err
-		}
-		state := kmip.State(0)
-		for _, a := range attrs.Attribute {
-			if v, ok := a.AttributeValue.(kmip.State); ok && a.AttributeName == kmip.AttributeNameState {
-				state = v
-			}
 		}
 		if state != kmip.StateActive {
 			return corr, fmt.Errorf("%w: object %s is %s", ErrNotActive, uid, stateName(state))
 		}
-		out, corr, err = s.request(ctx, &payloads.GetRequestPayload{UniqueIdentifier: uid})
+		out, corr, err := s.request(ctx, &payloads.GetRequestPayload{UniqueIdentifier: uid})
 		if err != nil {
 			return corr, err
 		}
@@ -273,6 +266,40 @@ func (p *Protector) get(ctx context.Context, servers []string, uid string) ([]by
 		return corr, nil
 	})
 	return secret, res, err
+}
+
+// state asks the server for the State attribute of object uid (KMIP 1.4 §3.22);
+// 0 when the answer carries none.
+func (s *session) state(ctx context.Context, uid string) (kmip.State, string, error) {
+	out, corr, err := s.request(ctx, &payloads.GetAttributesRequestPayload{
+		UniqueIdentifier: uid, AttributeName: []kmip.AttributeName{kmip.AttributeNameState}})
+	if err != nil {
+		return 0, corr, err
+	}
+	attrs, err := payloadAs[*payloads.GetAttributesResponsePayload](out)
+	if err != nil {
+		return 0, corr, err
+	}
+	state := kmip.State(0)
+	for _, a := range attrs.Attribute {
+		if v, ok := a.AttributeValue.(kmip.State); ok && a.AttributeName == kmip.AttributeNameState {
+			state = v
+		}
+	}
+	return state, corr, nil
+}
+
+// kekRefusal explains a refused Decrypt: when the server still knows the KEK and says
+// it is no longer Active (revoked, deactivated, compromised, destroyed), the error
+// says "KEK revoked" and wraps ErrNotActive as well as the server's refusal, so that
+// the status of a volume whose KEK was revoked (remote crypto-erase) says so, not
+// just "permission denied". Any other answer leaves the refusal as it was.
+func kekRefusal(ctx context.Context, s *session, uid string, refusal error) error {
+	state, _, err := s.state(ctx, uid)
+	if err != nil || state == kmip.StateActive || state == 0 {
+		return refusal
+	}
+	return fmt.Errorf("KEK revoked: %w: KEK %s is %s (%w)", ErrNotActive, uid, stateName(state), refusal)
 }
 
 func stateName(s kmip.State) string {

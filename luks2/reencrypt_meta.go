@@ -216,7 +216,7 @@ func parseReencrypt(m *metadata) (*Reencryption, error) {
 		return nil, fmt.Errorf("%w: re-encryption metadata version %d (run `cryptsetup repair` first)", ErrUnsupported, ver)
 	}
 	var kj reencKeyslotJSON
-	if err := json.Unmarshal(m.keyslots[ksid].raw, &kj); err != nil {
+	if err := decodeStrict(m.keyslots[ksid].raw, &kj); err != nil {
 		return nil, invalid("reencrypt keyslot %d: %v", ksid, err)
 	}
 	k := ReencryptKeyslot{ID: ksid, Mode: kj.Mode, Direction: kj.Direction, Resilience: kj.Area.Type,
@@ -331,7 +331,15 @@ func (v *Volume) VerifyDigest(digest int, vk *VolumeKey) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	d := v.meta.digests[digest]
-	if d == nil || vk.Len() == 0 || !digestMatches(d, vk.Bytes()) {
+	if d == nil {
+		return ErrWrongVolumeKey
+	}
+	// A digest no keyslot unlock has checked against the limits yet: hold it to them
+	// before iterating, as verifyLocked does.
+	if err := v.kdfLimitsLocked().check(KDFParams{Type: KDFPBKDF2, Iterations: d.dg.Iterations}); err != nil {
+		return fmt.Errorf("luks2: digest %d: %w", digest, err)
+	}
+	if vk.Len() == 0 || !digestMatches(d, vk.Bytes()) {
 		return ErrWrongVolumeKey
 	}
 	return nil

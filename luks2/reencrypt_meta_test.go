@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -177,5 +178,63 @@ func TestCryptsetupInPlaceEncryptionReadable(t *testing.T) {
 	}
 	if err := v.VerifyReencryptDigest(nil, newVK); err != nil {
 		t.Fatalf("re-encryption digest (encrypt mode, new key only): %v", err)
+	}
+}
+
+// TestReencryptKeyslotStrict: the reencrypt keyslot is read the way json-c reads it.
+// A member that differs from "mode" only by case is not cryptsetup's "mode" (json-c
+// matches exact names): a header whose reencrypt keyslot says "Mode" has no mode for
+// cryptsetup and must be refused here, not read through encoding/json's case folding.
+func TestReencryptKeyslotStrict(t *testing.T) {
+	cs := needCryptsetup(t)
+	dir := t.TempDir()
+	img := newImage(t, dir, 20<<20)
+	kf := writeKeyFile(t, dir, []byte("x"))
+	fast := []string{"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"}
+	run(t, nil, cs, append(append([]string{"luksFormat", "--batch-mode", "--type", "luks2", "--key-file", kf}, fast...), img)...)
+	run(t, nil, cs, append(append([]string{"reencrypt", "--init-only", "--batch-mode", "--key-file", kf}, fast...), img)...)
+	editHeaderJSON(t, img, func(js string) string {
+		out := strings.Replace(js, `"mode":"reencrypt"`, `"Mode":"reencrypt"`, 1)
+		if out == js {
+			t.Fatalf("no reencrypt mode member in %s", js)
+		}
+		return out
+	})
+	v, err := OpenFile(img, ReadOnly)
+	if err == nil {
+		_, err = v.Reencryption()
+		v.Close()
+	}
+	if !errors.Is(err, ErrInvalidMetadata) {
+		t.Fatalf("reencrypt keyslot with a case-variant member: %v, want ErrInvalidMetadata", err)
+	}
+}
+
+// TestVerifyDigestCostLimited: VerifyDigest (re-encryption checks a key against a
+// digest no keyslot unlock went through) holds the digest's PBKDF2 iterations to the
+// KDF limits before computing anything, as unlock does.
+func TestVerifyDigestCostLimited(t *testing.T) {
+	cs := needCryptsetup(t)
+	dir := t.TempDir()
+	img := newImage(t, dir, 20<<20)
+	kf := writeKeyFile(t, dir, []byte("x"))
+	run(t, nil, cs, "luksFormat", "--batch-mode", "--type", "luks2", "--key-file", kf, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img)
+	v, err := OpenFile(img, ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	vk, _, err := v.Unlock(context.Background(), []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.VerifyDigest(0, vk); err != nil {
+		t.Fatalf("right key: %v", err)
+	}
+	l := DefaultKDFLimits()
+	l.MaxPBKDF2Iterations = 999 // cryptsetup's forced digest has 1000
+	v.SetKDFLimits(l)
+	if err := v.VerifyDigest(0, vk); !errors.Is(err, ErrKDFCost) {
+		t.Fatalf("digest beyond the limits: %v, want ErrKDFCost", err)
 	}
 }
