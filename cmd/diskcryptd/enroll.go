@@ -55,20 +55,11 @@ func cmdEnroll(ctx context.Context, e *env, args []string) error {
 	default:
 		return usageErrorf("unknown protector %q (tpm2, recovery, clevis)", kind)
 	}
-	existing, err := readKeyFile(e, *keyFile)
-	if err != nil {
-		return err
-	}
-	defer clear(existing)
-	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)
+	v, vk, err := openWithKeyFile(ctx, e, *keyFile, pos[0])
 	if err != nil {
 		return err
 	}
 	defer v.Close()
-	vk, _, err := unlockWithKey(ctx, v, existing, luks2.AnySlot)
-	if err != nil {
-		return err
-	}
 	defer vk.Wipe()
 	en, err := enr.Enroll(ctx)
 	if err != nil {
@@ -105,6 +96,27 @@ type recoveryEnroller struct{}
 
 func (recoveryEnroller) Enroll(context.Context) (*unlock.Enrollment, error) {
 	return unlock.NewRecoveryKey()
+}
+
+// openWithKeyFile opens device read-write and recovers its volume key with the
+// passphrase or recovery key in keyFile (what every enrolment starts from). The
+// caller closes the volume and wipes the key; the key file's bytes are wiped here.
+func openWithKeyFile(ctx context.Context, e *env, keyFile, device string) (*luks2.Volume, *luks2.VolumeKey, error) {
+	existing, err := readKeyFile(e, keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer clear(existing)
+	v, err := luks2.OpenFile(device, luks2.ReadWrite)
+	if err != nil {
+		return nil, nil, err
+	}
+	vk, _, err := unlockWithKey(ctx, v, existing, luks2.AnySlot)
+	if err != nil {
+		v.Close()
+		return nil, nil, err
+	}
+	return v, vk, nil
 }
 
 // unlockWithKey recovers the volume key with key file contents; when they do not

@@ -154,20 +154,11 @@ func cmdEnrollKMIP(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	existing, err := readKeyFile(e, *keyFile)
-	if err != nil {
-		return err
-	}
-	defer clear(existing)
-	v, err := luks2.OpenFile(pos[0], luks2.ReadWrite)
+	v, vk, err := openWithKeyFile(ctx, e, *keyFile, pos[0])
 	if err != nil {
 		return err
 	}
 	defer v.Close()
-	vk, _, err := unlockWithKey(ctx, v, existing, luks2.AnySlot)
-	if err != nil {
-		return err
-	}
 	defer vk.Wipe()
 	slot, err := freeKeyslot(v)
 	if err != nil {
