@@ -9,6 +9,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/diskcryptd/diskcryptd/luks2"
 	"github.com/diskcryptd/diskcryptd/tpm"
 )
 
@@ -244,8 +245,10 @@ func ParseToken(b []byte) (*Token, error) {
 		Keyslots []string        `json:"keyslots"`
 		JWE      json.RawMessage `json:"jwe"`
 	}
-	if err := json.Unmarshal(b, &t); err != nil {
-		return nil, fmt.Errorf("%w: token JSON: %v", ErrMalformed, err)
+	// Strict: cryptsetup (json-c) matches member names exactly, so a "Keyslots" beside
+	// or instead of "keyslots" must not make us read other keyslots than it does.
+	if err := luks2.DecodeStrict(b, &t); err != nil {
+		return nil, fmt.Errorf("%w: token JSON: %w", ErrMalformed, err)
 	}
 	if t.Type != TokenType {
 		return nil, fmt.Errorf("%w: token type %q", ErrMalformed, t.Type)
