@@ -77,6 +77,9 @@ type Options struct {
 	// DigestIterations sets the pbkdf2 iterations of the new key's digest (0:
 	// benchmarked, as luksFormat does).
 	DigestIterations int
+	// Online, when set, re-encrypts a volume that is mapped (and possibly
+	// mounted and in use) under this mapping; see Online.
+	Online *Online
 }
 
 // Progress reports how far a run is.
@@ -299,6 +302,9 @@ func run(ctx context.Context, v *luks2.Volume, dev device, size int64, oldVK, ne
 	defer newC.Close()
 	e := &engine{v: v, dev: dev, p: p, oldC: oldC, newC: newC, o: o, log: o.logger()}
 	e.scratch.New = func() any { b := make([]byte, chunk); return &b }
+	if o.Online != nil {
+		return e.runOnline(ctx, r, oldVK, newVK)
+	}
 	if !o.noMap && p.dataOffset%uint64(pageSize()) == 0 {
 		e.mm = newMapper(dev)
 	}

@@ -51,7 +51,7 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer clear(pass)
-	fh, size, err := openExclusive(dev)
+	fh, size, online, err := openForReencrypt(ctx, dev)
 	if err != nil {
 		return withCode(exitDevice, "", err)
 	}
@@ -77,6 +77,7 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 		DropOtherKeyslots: *drop,
 		Logger:            e.log.Named("reencrypt"),
 		Progress:          prog.report,
+		Online:            online,
 	}
 	if kdf.iterations > 0 {
 		// As cryptsetup: forced iterations also skip the digest benchmark.
