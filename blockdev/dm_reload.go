@@ -78,6 +78,10 @@ func DMReload(ctx context.Context, name string, targets []*CryptTarget, readOnly
 		return err
 	}
 	defer c.Close()
+	return c.reload(name, targets, readOnly)
+}
+
+func (c *dmControl) reload(name string, targets []*CryptTarget, readOnly bool) error {
 	var payload []byte
 	for _, t := range targets {
 		params, err := t.Params()

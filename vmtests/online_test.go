@@ -33,6 +33,11 @@ dd if=/dev/urandom of=/tmp/w1 bs=1M count=24 2>/dev/null
 dd if=/tmp/a of=$dev bs=1M conv=fsync 2>/dev/null
 dd if=/tmp/w0 of=$dev bs=1M seek=24 conv=fsync 2>/dev/null
 ha=$(sha256sum </tmp/a | cut -d' ' -f1)
+i=0
+while [ $i -lt 24 ]; do
+	dd if=/tmp/a bs=1M skip=$i count=1 2>/dev/null | sha256sum | cut -d' ' -f1 >/tmp/ha.$i
+	i=$((i+1))
+done
 echo "0 23" >/tmp/wlog
 : >/tmp/rlog
 (
@@ -49,18 +54,22 @@ echo "0 23" >/tmp/wlog
 ) &
 wpid=$!
 (
+	i=0
 	while [ ! -e /tmp/stop ]; do
 		echo 3 >/proc/sys/vm/drop_caches
-		h=$(dd if=$dev bs=1M count=24 2>/dev/null | sha256sum | cut -d' ' -f1)
-		if [ "$h" = "$ha" ]; then echo ok >>/tmp/rlog; else echo "MISMATCH $h" >>/tmp/rlog; fi
+		h=$(dd if=$dev bs=1M skip=$i count=1 2>/dev/null | sha256sum | cut -d' ' -f1)
+		if [ "$h" = "$(cat /tmp/ha.$i)" ]; then echo "ok $i" >>/tmp/rlog; else echo "MISMATCH $i $h" >>/tmp/rlog; fi
+		i=$(((i+1)%24))
 	done
 ) &
 rpid=$!
 sleep 1
 w0=$(wc -l </tmp/wlog); r0=$(wc -l </tmp/rlog)
 rc=0
+t0=$(uptime_s)
 diskcryptd reencrypt --key-file /etc/pass --pbkdf pbkdf2 --pbkdf-force-iterations 1000 $vdb || rc=$?
 w1=$(wc -l </tmp/wlog); r1=$(wc -l </tmp/rlog)
+echo "rotation-seconds $t0 $(uptime_s)"
 touch /tmp/stop
 wait $wpid $rpid || true
 echo "reencrypt-exit $rc"
@@ -87,8 +96,8 @@ echo "plain $(cat /tmp/a /tmp/b | sha256sum | cut -d' ' -f1)"
 
 // TestOnlineRotation: `diskcryptd reencrypt` on a mapped volume in use rotates it
 // online (the mapping stays open; a writer and a reader run throughout), every byte
-// written before and during the rotation reads back, the volume re-opens with the
-// passphrase after lock/unlock, and the image decrypts on the host, with the new
+// written before and during the rotation reads back, the 1 MiB chunks of region A
+// re-read during the rotation, the volume re-opens with the passphrase after lock/unlock, and the image decrypts on the host, with the new
 // volume key that cryptsetup reads, through golang.org/x/crypto/xts to the same
 // plaintext.
 func TestOnlineRotation(t *testing.T) {
@@ -101,7 +110,6 @@ func TestOnlineRotation(t *testing.T) {
 		Step{Name: "vk-old", Script: "diskcryptd dump --volume-key --key-file " + passFile + " $(disk data0) | sha256sum"},
 		Step{Name: "unlock", Script: "diskcryptd unlock --key-file " + passFile + " $(disk data0) data"},
 		Step{Name: "online", Script: onlineScript},
-		Step{Name: "table", Script: "dmsetup table data 2>/dev/null | sed 's/ [0-9a-f]\\{64,\\} / <key> /' || true"},
 		Step{Name: "lock", Script: "diskcryptd lock data\n! test -e /dev/mapper/data"},
 		Step{Name: "vk-new", Script: "diskcryptd dump --volume-key --key-file " + passFile + " $(disk data0) | sha256sum"},
 		Step{Name: "reopen", Script: "diskcryptd unlock --key-file " + passFile + " $(disk data0) data\n" +
@@ -113,8 +121,7 @@ func TestOnlineRotation(t *testing.T) {
 	}
 	out := string(b.Result("online").Stdout)
 	t.Logf("online step (%.1fs uptime at end):\n%s%s", b.Result("online").Uptime, out, b.Result("online").Stderr)
-	t.Logf("table after rotation: %s", b.Result("table").Stdout)
-	for _, want := range []string{"reencrypt-exit 0\n", "mismatches 0\n", "same-mapping yes\n", "region-a ok\n", "region-b ok\n"} {
+	for _, want := range []string{"reencrypt-exit 0\n", "rotated online (mapping data stayed open)", "mismatches 0\n", "same-mapping yes\n", "region-a ok\n", "region-b ok\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("online step lacks %q", want)
 		}

@@ -114,6 +114,8 @@ func cmdReencrypt(ctx context.Context, e *env, args []string) error {
 	}
 	if !*jsonOut && *encrypt {
 		fmt.Fprintf(e.stdout, "%s: data encrypted in place\n", dev)
+	} else if !*jsonOut && online != nil {
+		fmt.Fprintf(e.stdout, "%s: volume key rotated online (mapping %s stayed open), data re-encrypted\n", dev, online.Name)
 	} else if !*jsonOut {
 		fmt.Fprintf(e.stdout, "%s: volume key rotated, data re-encrypted\n", dev)
 	}
