@@ -159,7 +159,7 @@ func (e *engine) onlineLoop(ctx context.Context, oldVK, newVK *luks2.VolumeKey) 
 		// data, and resuming it would hand out garbage (finish offline).
 		committed, err := e.onlineZone(ctx, tbl, off, n, buf, oldVK, newVK)
 		if err != nil && committed {
-			return fmt.Errorf("%w; %s is left suspended: stop its users, then dmsetup remove %s and finish offline with diskcryptd reencrypt --resume-only",
+			return fmt.Errorf("%w; %s is left suspended: stop its users, then diskcryptd lock %s and finish offline with diskcryptd reencrypt --resume-only",
 				err, name, name)
 		}
 		if rerr := blockdev.DMResume(ctx, name); rerr != nil {
