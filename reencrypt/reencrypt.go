@@ -359,8 +359,10 @@ func (e *engine) loop(ctx context.Context) error {
 	}
 	report(e.p.offset, false)
 	if !e.p.done && e.p.offset < e.p.total {
-		bufs := [2][]byte{make([]byte, min(hz, e.p.total-e.p.offset)), nil}
-		next := e.readZone(e.p.offset, min(hz, e.p.total-e.p.offset), bufs[0])
+		// Copy buffers, allocated by readZone only when a hotzone is read rather
+		// than mapped.
+		var bufs [2][]byte
+		next := e.readZone(e.p.offset, min(hz, e.p.total-e.p.offset), &bufs[0])
 		i := 0
 		for {
 			cur := <-next
@@ -370,10 +372,7 @@ func (e *engine) loop(ctx context.Context) error {
 			end := cur.off + cur.n
 			var pending chan *zone
 			if end < e.p.total {
-				if bufs[1-i] == nil {
-					bufs[1-i] = make([]byte, hz)
-				}
-				pending = e.readZone(end, min(hz, e.p.total-end), bufs[1-i])
+				pending = e.readZone(end, min(hz, e.p.total-end), &bufs[1-i])
 			}
 			err := e.rewrite(ctx, cur)
 			if err != nil {
@@ -402,11 +401,12 @@ func (e *engine) loop(ctx context.Context) error {
 	return nil
 }
 
-// readZone reads [off, off+n) of the data into buf and checksums it, in the
-// background.
-func (e *engine) readZone(off, n uint64, buf []byte) chan *zone {
+// readZone maps [off, off+n) of the data, or reads it into *buf (allocated on
+// first use; the caller must not touch it until the zone is received), and
+// checksums it, in the background.
+func (e *engine) readZone(off, n uint64, buf *[]byte) chan *zone {
 	ch := make(chan *zone, 1)
-	z := &zone{off: off, n: n, buf: buf[:n]}
+	z := &zone{off: off, n: n}
 	go func() {
 		defer func() { ch <- z }()
 		if e.mm != nil && (e.p.dataOffset+off)%uint64(pageSize()) == 0 {
@@ -416,6 +416,11 @@ func (e *engine) readZone(off, n uint64, buf []byte) chan *zone {
 				return
 			}
 			z.buf, z.mapped = m, true
+		} else {
+			if uint64(cap(*buf)) < n {
+				*buf = make([]byte, n)
+			}
+			z.buf = (*buf)[:n]
 		}
 		k := e.p.r.Keyslot
 		var bs int
@@ -557,16 +562,16 @@ func faultGuard(f func()) (err error) {
 // bytes.
 func (e *engine) transformMapped(b []byte, off uint64) error {
 	sp := e.scratch.Get().(*[]byte)
+	defer e.scratch.Put(sp)
 	s := (*sp)[:len(b)]
-	defer func() {
-		clear(s)
-		e.scratch.Put(sp)
-	}()
 	if err := faultGuard(func() {
 		e.oldC.DecryptSectors(s, b, e.p.prev.SectorSize, e.p.prev.IVTweak+off/512)
 	}); err != nil {
+		// A fault may stop the decryption midway: wipe the plaintext.
+		clear(s)
 		return err
 	}
+	// Encrypted in place: s holds no plaintext after this, so it needs no wipe.
 	e.newC.EncryptSectors(s, s, e.p.final.SectorSize, e.p.final.IVTweak+off/512)
 	return e.writeData(s, off)
 }
