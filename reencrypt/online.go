@@ -194,7 +194,7 @@ func (e *engine) onlineZone(ctx context.Context, tbl *onlineTable, off, n uint64
 				return false, err
 			}
 		}
-		z := <-e.readZone(off, n, buf)
+		z := <-e.readZone(off, n, &buf)
 		if z.err != nil {
 			return false, z.err
 		}
