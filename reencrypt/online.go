@@ -149,15 +149,22 @@ func (e *engine) onlineLoop(ctx context.Context, oldVK, newVK *luks2.VolumeKey) 
 	}
 	report(off, false)
 	buf := make([]byte, min(hz, e.p.total))
+	// Once a hotzone is begun it is finished whatever ctx says: a cancelled ctx
+	// must not leave the mapping suspended (or the final wipe half done).
+	// Interruption is honoured between hotzones.
+	zctx := context.WithoutCancel(ctx)
 	for {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (at %d of %d bytes)", ErrInterrupted, off, e.p.total)
+		}
 		n := min(hz, e.p.total-off)
-		if err := blockdev.DMSuspend(ctx, name); err != nil {
+		if err := blockdev.DMSuspend(zctx, name); err != nil {
 			return fmt.Errorf("reencrypt: online: suspending %s: %w", name, err)
 		}
 		// Until the hot commit, a failure leaves the old table right: resume it.
 		// After it, the mapping stays suspended: its table no longer matches the
 		// data, and resuming it would hand out garbage (finish offline).
-		committed, err := e.onlineZone(ctx, tbl, off, n, buf, oldVK, newVK)
+		committed, err := e.onlineZone(zctx, tbl, off, n, buf, oldVK, newVK)
 		if err != nil && committed {
 			return fmt.Errorf("%w; %s is left suspended: stop its users, then diskcryptd lock %s and finish offline with diskcryptd reencrypt --resume-only",
 				err, name, name)
@@ -174,9 +181,6 @@ func (e *engine) onlineLoop(ctx context.Context, oldVK, newVK *luks2.VolumeKey) 
 			break
 		}
 		report(off, false)
-		if ctx.Err() != nil {
-			return fmt.Errorf("%w (at %d of %d bytes)", ErrInterrupted, off, e.p.total)
-		}
 	}
 	report(e.p.total, true)
 	e.log.Info("online re-encryption finished", "bytes", e.p.total, "mapping", name, "elapsed", time.Since(start))

@@ -182,7 +182,8 @@ func TestOnlineRotation(t *testing.T) {
 
 // onlineMountedScript makes an ext2 filesystem (busybox mke2fs, the kernel's ext4
 // driver) on the mapping, mounts it, writes a 16 MiB file, then rotates the volume
-// key while a writer keeps creating new files (sync after each) and a reader keeps
+// key (interrupted with SIGINT after a few 1 MiB hotzones, the mapping left split
+// between the keys, then finished with --resume-only, still online) while a writer keeps creating new files (sync after each) and a reader keeps
 // re-reading the first file past the page cache. Every file's checksum is checked
 // after the rotation, after a remount, and after lock/unlock.
 const onlineMountedScript = `
@@ -218,7 +219,17 @@ rpid=$!
 sleep 1
 w0=$(wc -l </tmp/sums); r0=$(wc -l </tmp/rlog)
 rc=0
-diskcryptd reencrypt --key-file /etc/pass --pbkdf pbkdf2 --pbkdf-force-iterations 1000 $vdb || rc=$?
+irc=0
+: >/tmp/prog
+diskcryptd reencrypt --json --hotzone-size 1M --key-file /etc/pass --pbkdf pbkdf2 --pbkdf-force-iterations 1000 $vdb >/tmp/prog 2>/tmp/rerr &
+epid=$!
+i=0
+while [ $(wc -l </tmp/prog) -lt 4 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+kill -INT $epid
+wait $epid || irc=$?
+echo "interrupted-exit $irc $(grep -c 'interrupted' /tmp/rerr || true)"
+ls /mnt/a >/dev/null && echo "usable-between yes"
+diskcryptd reencrypt --resume-only --key-file /etc/pass $vdb || rc=$?
 w1=$(wc -l </tmp/sums); r1=$(wc -l </tmp/rlog)
 touch /tmp/stop
 wait $wpid $rpid || true
@@ -240,7 +251,7 @@ diskcryptd lock data
 `
 
 // TestOnlineRotationMounted: the volume stays mounted (ext2) and written during an
-// online rotation; every file written before and during it reads back, after a
+// online rotation, interrupted and resumed online; every file written before and during it reads back, after a
 // remount and after lock/unlock with the passphrase (which now opens the new key).
 func TestOnlineRotationMounted(t *testing.T) {
 	e := setup(t)
@@ -259,7 +270,10 @@ func TestOnlineRotationMounted(t *testing.T) {
 	}
 	out := string(r.Stdout)
 	t.Logf("online step (exit %d, %.1fs uptime at end):\n%s%s", r.Exit, r.Uptime, out, r.Stderr)
-	for _, want := range []string{"rotated online (mapping data stayed open)", "reencrypt-exit 0\n", "mismatches 0\n", "files ok ", "remount ok\n", "reopen ok\n"} {
+	if !regexp.MustCompile(`interrupted-exit [1-9]\d* [1-9]`).MatchString(out) {
+		t.Errorf("the first run was not interrupted by SIGINT")
+	}
+	for _, want := range []string{"usable-between yes\n", "rotated online (mapping data stayed open)", "reencrypt-exit 0\n", "mismatches 0\n", "files ok ", "remount ok\n", "reopen ok\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("online step lacks %q", want)
 		}
