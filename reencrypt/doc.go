@@ -82,11 +82,7 @@
 // reaches the device's page cache, and a process killed mid-write leaves whole 4 KiB
 // blocks (the kernel copies a write page by page), as checksum recovery needs —
 // stores into a shared mapping can be cut every 16 bytes (the kill -9 loop found
-// that). Most of the CPU time goes into the checksums (one SHA-256 per 4 KiB
-// block): on amd64 with the SHA extensions they are computed two blocks at a time
-// (sha256x2_amd64.s, interleaving the rounds of both blocks, about twice
-// crypto/sha256's throughput per core), the same hashes as crypto/sha256
-// (TestSumBlocks4k); recovery hashes with crypto/sha256.
+// that).
 //
 // # Secrets
 //

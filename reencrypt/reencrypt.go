@@ -437,11 +437,6 @@ func (e *engine) readZone(off, n uint64, buf *[]byte) chan *zone {
 			if bs == 0 {
 				return nil
 			}
-			if k.Hash == "sha256" && bs == checksumBlock {
-				return faultGuard(func() {
-					sumBlocks4k(z.sums[a/checksumBlock*32:b/checksumBlock*32], z.buf[a:b])
-				})
-			}
 			return faultGuard(func() {
 				h := newHash(k.Hash)
 				hs := h.Size()
