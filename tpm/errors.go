@@ -11,7 +11,7 @@ var (
 	// ErrPolicyMismatch means the sealed object's PCR policy is not satisfied: the
 	// PCRs it covers changed since enrolment (new firmware, boot loader, kernel or
 	// Secure Boot state). Unlock with another protector, then re-enroll (reseal).
-	ErrPolicyMismatch = errors.New("tpm: the PCRs this secret is sealed to changed since enrolment; unlock another way and re-enroll the TPM2 protector (diskcryptd enroll tpm2)")
+	ErrPolicyMismatch = errors.New("tpm: the PCRs this secret is sealed to changed since enrolment; unlock another way and reseal the TPM2 protector (diskcryptd reseal)")
 	// ErrBadPIN means the TPM rejected the PIN. Each failure counts towards the
 	// TPM's dictionary-attack lockout.
 	ErrBadPIN = errors.New("tpm: wrong PIN")

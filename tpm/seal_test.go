@@ -132,7 +132,7 @@ func TestPolicyMismatchAndPIN(t *testing.T) {
 	}
 	if _, err := Unseal(ctx, tp, parent, plain, nil); !errors.Is(err, ErrPolicyMismatch) {
 		t.Fatalf("after extending PCR 11: got %v, want ErrPolicyMismatch", err)
-	} else if !strings.Contains(err.Error(), "re-enroll") {
+	} else if !strings.Contains(err.Error(), "diskcryptd reseal") {
 		t.Fatalf("error does not say what to do: %v", err)
 	}
 	if _, err := Unseal(ctx, tp, parent, pinned, auth); err != nil {
