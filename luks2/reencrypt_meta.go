@@ -345,6 +345,15 @@ func (v *Volume) VerifyDigest(digest int, vk *VolumeKey) error {
 	return nil
 }
 
+// reencWritableState is reencWritable followed by the re-encryption state in
+// progress: what every change to a running re-encryption starts from. v.mu is held.
+func (v *Volume) reencWritableState() (*Reencryption, error) {
+	if err := v.reencWritable(); err != nil {
+		return nil, err
+	}
+	return parseReencrypt(v.meta)
+}
+
 // reencWritable checks the volume may be changed by re-encryption: opened read-write
 // and with no requirement other than the re-encryption one.
 func (v *Volume) reencWritable() error {
@@ -707,10 +716,7 @@ func (m *metadata) maxGap(hdrSize int64) (uint64, uint64) {
 func (v *Volume) SetReencryptSegments(segs []Segment) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.reencWritable(); err != nil {
-		return err
-	}
-	r, err := parseReencrypt(v.meta)
+	r, err := v.reencWritableState()
 	if err != nil {
 		return err
 	}
@@ -752,10 +758,7 @@ func (v *Volume) SetReencryptSegments(segs []Segment) error {
 func (v *Volume) WriteReencryptArea(b []byte) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.reencWritable(); err != nil {
-		return err
-	}
-	r, err := parseReencrypt(v.meta)
+	r, err := v.reencWritableState()
 	if err != nil {
 		return err
 	}
@@ -796,10 +799,7 @@ func (v *Volume) ReadReencryptArea(b []byte) error {
 func (v *Volume) FinishReencrypt(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.reencWritable(); err != nil {
-		return err
-	}
-	r, err := parseReencrypt(v.meta)
+	r, err := v.reencWritableState()
 	if err != nil {
 		return err
 	}
